@@ -1,0 +1,504 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ballotdb/ballot/consensus"
+)
+
+const (
+	magic         = "BLT1"
+	wireVersion   = 1
+	streamMsgs    = 0
+	streamSnap    = 1
+	handshakeSize = 4 + 1 + 1 + 8 + 8 + 8
+
+	ackOK            = 0
+	ackOtherCluster  = 1
+	ackUnknownNode   = 2
+	ackWrongVersion  = 3
+	ackNotAddressee  = 4
+	maxBatchMessages = 512
+)
+
+// Config configures a TCP transport.
+type Config struct {
+	ID        consensus.NodeID
+	ClusterID uint64
+	// Listener accepts peers' connections (tests pass one bound to port 0).
+	Listener net.Listener
+	Handler  Handler
+	// TLS, when set, secures peer connections with mutual TLS.
+	TLS *TLSConfig
+	// QueueLen bounds each peer's message queue. Default 4096.
+	QueueLen int
+	// SnapshotQueueLen bounds each peer's snapshot queue. Default 4.
+	SnapshotQueueLen int
+	// MaxFrameBytes bounds one frame. Default 64 MiB.
+	MaxFrameBytes int
+	// DialTimeout bounds connecting and the handshake. Default 2 s.
+	DialTimeout time.Duration
+	// WriteTimeout bounds writing one frame. Default 5 s (snapshots: 20×).
+	WriteTimeout time.Duration
+	// BackoffMin and BackoffMax bound the jittered redial backoff.
+	// Defaults 50 ms and 2 s.
+	BackoffMin, BackoffMax time.Duration
+	Logger                 *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.ID == consensus.None {
+		return errors.New("transport: Config.ID must not be 0")
+	}
+	if c.Listener == nil {
+		return errors.New("transport: Config.Listener is required")
+	}
+	if c.Handler == nil {
+		return errors.New("transport: Config.Handler is required")
+	}
+	if c.QueueLen == 0 {
+		c.QueueLen = 4096
+	}
+	if c.SnapshotQueueLen == 0 {
+		c.SnapshotQueueLen = 4
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = 64 << 20
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 2 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 5 * time.Second
+	}
+	if c.BackoffMin == 0 {
+		c.BackoffMin = 50 * time.Millisecond
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Stats are the transport's counters.
+type Stats struct {
+	Sent, Received, Dropped, Refused uint64
+}
+
+// TCP is the TCP transport.
+type TCP struct {
+	cfg    Config
+	ln     net.Listener
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	peers   map[consensus.NodeID]*peer
+	inbound map[net.Conn]struct{}
+	closed  bool
+
+	sent, received, dropped, refused atomic.Uint64
+}
+
+type peer struct {
+	id     consensus.NodeID
+	addr   atomic.Value // string
+	q      chan consensus.Message
+	sq     chan consensus.Message
+	cancel context.CancelFunc
+}
+
+// NewTCP starts a transport listening on cfg.Listener.
+func NewTCP(cfg Config) (*TCP, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t := &TCP{cfg: cfg, ln: cfg.Listener, ctx: ctx, cancel: cancel,
+		peers: map[consensus.NodeID]*peer{}, inbound: map[net.Conn]struct{}{}}
+	if cfg.TLS != nil {
+		t.ln = tls.NewListener(cfg.Listener, cfg.TLS.serverConfig())
+	}
+	t.wg.Add(1)
+	go t.acceptLoop()
+	return t, nil
+}
+
+// Addr is the address the transport listens on.
+func (t *TCP) Addr() net.Addr { return t.cfg.Listener.Addr() }
+
+// Stats returns the counters.
+func (t *TCP) Stats() Stats {
+	return Stats{Sent: t.sent.Load(), Received: t.received.Load(), Dropped: t.dropped.Load(), Refused: t.refused.Load()}
+}
+
+// AddPeer adds a peer or updates its address.
+func (t *TCP) AddPeer(id consensus.NodeID, addr string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed || id == t.cfg.ID {
+		return
+	}
+	if p, ok := t.peers[id]; ok {
+		p.addr.Store(addr)
+		return
+	}
+	ctx, cancel := context.WithCancel(t.ctx)
+	p := &peer{id: id, q: make(chan consensus.Message, t.cfg.QueueLen),
+		sq: make(chan consensus.Message, t.cfg.SnapshotQueueLen), cancel: cancel}
+	p.addr.Store(addr)
+	t.peers[id] = p
+	t.wg.Add(2)
+	go t.writeLoop(ctx, p, streamMsgs, p.q)
+	go t.writeLoop(ctx, p, streamSnap, p.sq)
+}
+
+// RemovePeer forgets a peer.
+func (t *TCP) RemovePeer(id consensus.NodeID) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.peers[id]; ok {
+		p.cancel()
+		delete(t.peers, id)
+	}
+}
+
+// Send queues msgs; a message for an unknown peer or a full queue is dropped,
+// counted and reported unreachable.
+func (t *TCP) Send(msgs []consensus.Message) {
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
+		return
+	}
+	for _, m := range msgs {
+		t.mu.Lock()
+		p := t.peers[m.To]
+		t.mu.Unlock()
+		if p == nil {
+			t.drop(m, "unknown peer")
+			continue
+		}
+		q := p.q
+		if m.Type == consensus.MsgSnap {
+			q = p.sq
+		}
+		select {
+		case q <- m:
+		default:
+			t.drop(m, "queue full")
+		}
+	}
+}
+
+func (t *TCP) drop(m consensus.Message, why string) {
+	t.dropped.Add(1)
+	if m.Type == consensus.MsgSnap {
+		t.cfg.Handler.SnapshotStatus(m.To, false)
+	} else {
+		t.cfg.Handler.Unreachable(m.To)
+	}
+	t.cfg.Logger.Debug("message dropped", "peer", m.To, "type", m.Type.String(), "reason", why)
+}
+
+// writeLoop sends one peer's stream, redialling with jittered backoff.
+func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consensus.Message) {
+	defer t.wg.Done()
+	var conn net.Conn
+	var bw *bufio.Writer
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	backoff := t.cfg.BackoffMin
+	var retryAt time.Time
+	buf := make([]byte, 0, 64<<10)
+	batch := make([]consensus.Message, 0, maxBatchMessages)
+	for {
+		var m consensus.Message
+		select {
+		case <-ctx.Done():
+			return
+		case m = <-q:
+		}
+		batch = append(batch[:0], m)
+		if stream == streamMsgs {
+		drain:
+			for len(batch) < maxBatchMessages {
+				select {
+				case m2 := <-q:
+					batch = append(batch, m2)
+				default:
+					break drain
+				}
+			}
+		}
+		if conn == nil {
+			if time.Now().Before(retryAt) {
+				for _, m := range batch {
+					t.drop(m, "peer unreachable (backing off)")
+				}
+				continue
+			}
+			c, err := t.dial(ctx, p, stream)
+			if err != nil {
+				t.cfg.Logger.Debug("dial failed", "peer", p.id, "stream", stream, "err", err)
+				for _, m := range batch {
+					t.drop(m, "dial failed")
+				}
+				// Jittered exponential backoff: [backoff/2, backoff).
+				retryAt = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
+				backoff = min(backoff*2, t.cfg.BackoffMax)
+				continue
+			}
+			conn, bw = c, bufio.NewWriterSize(c, 64<<10)
+			backoff = t.cfg.BackoffMin
+		}
+		buf = encodeFrame(buf[:0], batch)
+		timeout := t.cfg.WriteTimeout
+		if stream == streamSnap {
+			timeout *= 20
+		}
+		conn.SetWriteDeadline(time.Now().Add(timeout))
+		_, err := bw.Write(buf)
+		if err == nil {
+			err = bw.Flush()
+		}
+		if err != nil {
+			t.cfg.Logger.Debug("write failed", "peer", p.id, "err", err)
+			conn.Close()
+			conn = nil
+			for _, m := range batch {
+				t.drop(m, "write failed")
+			}
+			continue
+		}
+		t.sent.Add(uint64(len(batch)))
+		if stream == streamSnap {
+			for _, m := range batch {
+				t.cfg.Handler.SnapshotStatus(m.To, true)
+			}
+		}
+	}
+}
+
+func encodeFrame(buf []byte, batch []consensus.Message) []byte {
+	buf = append(buf, 0, 0, 0, 0)
+	buf = binary.AppendUvarint(buf, uint64(len(batch)))
+	for i := range batch {
+		start := len(buf)
+		buf = append(buf, make([]byte, binary.MaxVarintLen64)...)
+		msgStart := len(buf)
+		buf = consensus.AppendMessage(buf, &batch[i])
+		n := len(buf) - msgStart
+		var lb [binary.MaxVarintLen64]byte
+		k := binary.PutUvarint(lb[:], uint64(n))
+		copy(buf[start:], lb[:k])
+		copy(buf[start+k:], buf[msgStart:])
+		buf = buf[:start+k+n]
+	}
+	binary.LittleEndian.PutUint32(buf, uint32(len(buf)-4))
+	return buf
+}
+
+func (t *TCP) dial(ctx context.Context, p *peer, stream byte) (net.Conn, error) {
+	addr, _ := p.addr.Load().(string)
+	dctx, cancel := context.WithTimeout(ctx, t.cfg.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if t.cfg.TLS != nil {
+		tc := tls.Client(c, t.cfg.TLS.clientConfig())
+		if err := tc.HandshakeContext(dctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+		}
+		c = tc
+	}
+	deadline, _ := dctx.Deadline()
+	c.SetDeadline(deadline)
+	var hs [handshakeSize]byte
+	copy(hs[:], magic)
+	hs[4], hs[5] = wireVersion, stream
+	binary.LittleEndian.PutUint64(hs[6:], t.cfg.ClusterID)
+	binary.LittleEndian.PutUint64(hs[14:], uint64(t.cfg.ID))
+	binary.LittleEndian.PutUint64(hs[22:], uint64(p.id))
+	if _, err := c.Write(hs[:]); err != nil {
+		c.Close()
+		return nil, err
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(c, ack[:]); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if ack[0] != ackOK {
+		c.Close()
+		return nil, fmt.Errorf("%w: %s refused us (code %d)", ErrRefused, addr, ack[0])
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func (t *TCP) acceptLoop() {
+	defer t.wg.Done()
+	for {
+		c, err := t.ln.Accept()
+		if err != nil {
+			if t.ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			t.cfg.Logger.Warn("accept failed", "err", err)
+			return
+		}
+		t.mu.Lock()
+		if t.closed {
+			t.mu.Unlock()
+			c.Close()
+			return
+		}
+		t.inbound[c] = struct{}{}
+		t.wg.Add(1)
+		t.mu.Unlock()
+		go t.readLoop(c)
+	}
+}
+
+func (t *TCP) readLoop(c net.Conn) {
+	defer t.wg.Done()
+	defer func() {
+		c.Close()
+		t.mu.Lock()
+		delete(t.inbound, c)
+		t.mu.Unlock()
+	}()
+	c.SetReadDeadline(time.Now().Add(t.cfg.DialTimeout))
+	var hs [handshakeSize]byte
+	if _, err := io.ReadFull(c, hs[:]); err != nil {
+		return
+	}
+	from := consensus.NodeID(binary.LittleEndian.Uint64(hs[14:]))
+	code := byte(ackOK)
+	switch {
+	case string(hs[:4]) != magic || hs[4] != wireVersion:
+		code = ackWrongVersion
+	case binary.LittleEndian.Uint64(hs[6:]) != t.cfg.ClusterID:
+		code = ackOtherCluster
+	case consensus.NodeID(binary.LittleEndian.Uint64(hs[22:])) != t.cfg.ID:
+		code = ackNotAddressee
+	default:
+		t.mu.Lock()
+		_, known := t.peers[from]
+		t.mu.Unlock()
+		if !known {
+			code = ackUnknownNode
+		}
+	}
+	c.Write([]byte{code})
+	if code != ackOK {
+		t.refused.Add(1)
+		t.cfg.Logger.Warn("peer connection refused", "peer", from, "remote", c.RemoteAddr().String(),
+			"cluster", binary.LittleEndian.Uint64(hs[6:]), "code", code)
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	br := bufio.NewReaderSize(c, 64<<10)
+	var frame []byte
+	for {
+		var lb [4]byte
+		if _, err := io.ReadFull(br, lb[:]); err != nil {
+			return
+		}
+		n := int(binary.LittleEndian.Uint32(lb[:]))
+		if n > t.cfg.MaxFrameBytes {
+			t.cfg.Logger.Warn("frame too large", "peer", from, "bytes", n, "max", t.cfg.MaxFrameBytes)
+			return
+		}
+		if cap(frame) < n {
+			frame = make([]byte, n)
+		}
+		frame = frame[:n]
+		if _, err := io.ReadFull(br, frame); err != nil {
+			return
+		}
+		msgs, err := decodeFrame(frame)
+		if err != nil {
+			t.cfg.Logger.Warn("bad frame", "peer", from, "err", err)
+			return
+		}
+		for _, m := range msgs {
+			if m.From != from {
+				t.cfg.Logger.Warn("message with a forged sender dropped", "peer", from, "from", m.From)
+				continue
+			}
+			t.received.Add(1)
+			t.cfg.Handler.Receive(m)
+		}
+	}
+}
+
+func decodeFrame(frame []byte) ([]consensus.Message, error) {
+	count, k := binary.Uvarint(frame)
+	if k <= 0 || count > uint64(len(frame)) {
+		return nil, fmt.Errorf("%w: bad message count", consensus.ErrCorrupt)
+	}
+	off := k
+	msgs := make([]consensus.Message, 0, count)
+	for range count {
+		n, k := binary.Uvarint(frame[off:])
+		if k <= 0 || n > uint64(len(frame)-off-k) {
+			return nil, fmt.Errorf("%w: bad message length at offset %d", consensus.ErrCorrupt, off)
+		}
+		off += k
+		m, err := consensus.UnmarshalMessage(frame[off : off+int(n)])
+		if err != nil {
+			return nil, err
+		}
+		off += int(n)
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
+}
+
+// Close stops the transport and waits for its goroutines.
+func (t *TCP) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	t.cancel()
+	for c := range t.inbound {
+		c.Close()
+	}
+	t.mu.Unlock()
+	err := t.ln.Close()
+	t.wg.Wait()
+	return err
+}
