@@ -1,0 +1,69 @@
+// Package sim is ballot's deterministic simulator: it drives several
+// consensus engines (any consensus.Engine, chosen by name from Engines)
+// through a hostile virtual world and checks every invariant after every
+// step. One seed fixes the whole run, so every failure replays exactly.
+//
+// # The world
+//
+//   - Virtual time: ten time units make one engine tick. There is no clock
+//     and no goroutine in a run; Sweep runs independent seeds in parallel.
+//   - One seeded RNG (PCG) for the world and one for the network; each
+//     node's engine gets its own seed derived from the run seed and its ID
+//     (identical seeds would give identical election timeouts).
+//   - A network that drops, delays (1–8 units, some messages up to 60
+//     more, which reorders them), duplicates, and cuts links: symmetric
+//     splits, an isolated node (often the leader), one-way links, a bridge
+//     node that sees both halves, random asymmetric cuts. A link cut while a
+//     message is in flight loses it; a lost snapshot is reported to its
+//     sender as a transport would.
+//   - Disks: each Ready's writes (snapshot, truncation, entries by index,
+//     HardState) are applied to the node's view at once but become durable
+//     only at a sync a few units later, and only then are its messages
+//     sent and its committed entries applied (the contract in package
+//     consensus). A crash keeps a random prefix of the unsynced writes: the
+//     torn tail a WAL repairs. Application snapshots are taken every
+//     10–50 applied entries and the engine compacts its log under them.
+//   - A nemesis, scaled per run (intensity 1–4): crashes (a third restart
+//     at once, as under a supervisor), crashes aimed between a write and
+//     its sync and right after a vote, partitions of every shape, flaky
+//     periods, and in half the runs leader churn: a new leader is crashed or
+//     isolated at once or within a few ticks, which leaves logs that differ
+//     in their last terms (the ground of the Figure 8 hazard).
+//   - Membership changes during the faults: add a learner (a new node,
+//     IDs never reused), promote it (sometimes swapping a voter out in the
+//     same change: joint consensus), demote a voter, remove voters
+//     (including the leader) and learners. Leadership transfers too.
+//   - Four clients issue puts and linearizable gets (ReadIndex) on three
+//     keys throughout, to the leader or any node. A write is acknowledged
+//     when the node it was sent to applies it; a write whose node crashed
+//     or whose deadline passed has an unknown outcome and may take effect
+//     at any later time. The state machine applies each client's sequence
+//     once (the network duplicates forwarded proposals).
+//
+// # Invariants
+//
+// Checked at the step that could break them (see checker.go): election
+// safety, log matching (by induction: an (index, epoch) pair names one entry
+// with one predecessor epoch), leader completeness (a node writing an entry
+// of epoch e holds every entry committed by an earlier epoch), state
+// machine safety (same entry and same state hash at every applied index,
+// snapshot installs included), monotonic commit and applied within an
+// incarnation and no restart below the durable commit, and at the end
+// linearizability of the client history, checked with porcupine, where a
+// timeout (Unknown) is a failure. A panic inside an engine (its own
+// invariant checks) is reported as a violation of the run, not a crash.
+//
+// A run has a safety phase with faults, then a liveness phase: the network
+// heals, crashed nodes restart, and within Options.LivenessBound ticks one
+// leader must be followed by every running member, everything in its log
+// applied everywhere, and a fresh operation of every client completed.
+//
+// # Proving the checkers
+//
+// Each broken Variant (three engine knobs, three runtime bugs and a
+// network that never heals) must be caught within its seed budget, and
+// every checker must catch one on its own (with the checkers that would
+// fire first switched off by Options.Disable). sim_test.go asserts both,
+// and a sweep asserts activity minimums so that a simulator that stopped
+// exercising something cannot pass.
+package sim
