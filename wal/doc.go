@@ -67,6 +67,14 @@
 // fsync the kernel may have dropped the dirty pages, so a retry could report
 // success for data that is gone).
 //
+// A full disk is different: if creating a segment or writing a frame fails
+// with ENOSPC, the Saves of that flush fail with an error matching
+// syscall.ENOSPC (not ErrBroken), nothing of theirs is durable, and the log
+// stays usable: the write offset does not move, and whatever a partial
+// write left is zeroed by the next write (or before the segment is closed
+// by a roll), so only the last segment can ever end in a torn frame. The
+// caller saves the batch again once space returns.
+//
 // # Concurrency
 //
 // Save may be called from many goroutines; callers form a group commit with

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/ballotdb/ballot/consensus"
 	"github.com/ballotdb/ballot/vfs"
@@ -106,22 +107,21 @@ type WAL struct {
 	opts Options
 
 	mu sync.Mutex
-	// pending holds encoded records not yet flushed; pendingSeq numbers
-	// the last batch in it. Batches up to durableSeq are durable.
-	pending      []byte
-	pendingSeq   uint64
-	pendingMax   uint64 // highest entry index in pending
-	pendingHS    consensus.HardState
-	pendingSnap  consensus.SnapshotMeta
-	durableSeq   uint64
-	flushing     bool
-	flushDone    chan struct{}
-	broken       error
+	// group holds the batches saved since the last flush began, encoded,
+	// waiting for the next flush; nil when there are none.
+	group     *flushGroup
+	flushing  bool
+	flushDone chan struct{}
+	broken    error
+	// dirtyTo is the end of bytes a failed write may have left after
+	// offset in the current segment; the next write zeroes them.
+	dirtyTo      int64
 	closed       bool
 	durableHS    consensus.HardState
 	durableSnap  consensus.SnapshotMeta
 	segs         []segment
 	file         vfs.File // the last segment, open for writing
+	fileName     string   // its name now (a file keeps the name it was created under)
 	offset       int64    // next write offset in file
 	fsyncs       uint64
 	batchesSaved uint64
@@ -192,7 +192,6 @@ func Open(fsys vfs.FS, dir string, opts Options) (*WAL, *State, error) {
 	}
 	st.HardState, st.Snapshot, st.Entries = rp.hs, rp.snap, rp.entries()
 	w.durableHS, w.durableSnap = rp.hs, rp.snap
-	w.pendingHS, w.pendingSnap = rp.hs, rp.snap
 	if len(w.segs) == 0 {
 		if err := w.roll(); err != nil {
 			return nil, nil, err
@@ -411,7 +410,7 @@ func (w *WAL) openTail(name string, end int64, repair bool) error {
 			return fmt.Errorf("wal: sync %s: %w", name, err)
 		}
 	}
-	w.file, w.offset = f, end
+	w.file, w.offset, w.fileName = f, end, name
 	if end == 0 {
 		// The segment lost even its header: write it again.
 		seg := &w.segs[len(w.segs)-1]
@@ -472,28 +471,29 @@ func (w *WAL) roll() error {
 		f.Close()
 		return fmt.Errorf("wal: preallocate %s: %w", tmp, err)
 	}
-	old := w.file
-	w.file, w.offset = f, 0
+	old, oldOff, oldName := w.file, w.offset, w.fileName
+	w.file, w.offset, w.fileName = f, 0, tmp
 	if err := w.writeFrame(header); err != nil {
 		f.Close()
-		w.file = old
+		w.file, w.offset, w.fileName = old, oldOff, oldName
 		return err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		w.file = old
+		w.file, w.offset, w.fileName = old, oldOff, oldName
 		return fmt.Errorf("wal: sync %s: %w", tmp, err)
 	}
 	if err := w.fs.Rename(tmp, name); err != nil {
 		f.Close()
-		w.file = old
+		w.file, w.offset, w.fileName = old, oldOff, oldName
 		return fmt.Errorf("wal: rename %s: %w", tmp, err)
 	}
 	if err := w.fs.SyncDir(w.dir); err != nil {
 		f.Close()
-		w.file = old
+		w.file, w.offset, w.fileName = old, oldOff, oldName
 		return fmt.Errorf("wal: sync dir %s: %w", w.dir, err)
 	}
+	w.fileName = name
 	if old != nil {
 		old.Close()
 	}
@@ -506,14 +506,18 @@ func (w *WAL) roll() error {
 // writeFrame writes one frame at the current offset (no sync).
 func (w *WAL) writeFrame(payload []byte) error {
 	n := alignUp(frameHeader + int64(len(payload)))
-	buf := make([]byte, n)
+	// Cover what an earlier failed write may have left after this frame.
+	buf := make([]byte, max(n, w.dirtyTo-w.offset))
 	binary.LittleEndian.PutUint32(buf, uint32(len(payload)))
 	copy(buf[frameHeader:], payload)
 	h := crc32.Update(0, crcTable, buf[:4])
 	h = crc32.Update(h, crcTable, payload)
 	binary.LittleEndian.PutUint32(buf[4:], h)
 	if _, err := w.file.WriteAt(buf, w.offset); err != nil {
-		return fmt.Errorf("wal: write %s at %d: %w", w.file.Name(), w.offset, err)
+		return fmt.Errorf("wal: write %s at %d: %w", w.fileName, w.offset, err)
+	}
+	if w.dirtyTo <= w.offset+int64(len(buf)) {
+		w.dirtyTo = 0
 	}
 	w.offset += n
 	return nil
@@ -557,24 +561,25 @@ func (w *WAL) Save(ctx context.Context, b Batch) error {
 	if w.broken != nil {
 		return w.broken
 	}
-	w.pending = append(w.pending, rec...)
-	w.pendingSeq++
-	my := w.pendingSeq
-	for _, e := range b.Entries {
-		w.pendingMax = max(w.pendingMax, e.Index)
+	g := w.group
+	if g == nil {
+		g = &flushGroup{}
+		w.group = g
 	}
-	if b.Snapshot != nil && b.Snapshot.Index >= w.pendingSnap.Index {
-		w.pendingSnap = *b.Snapshot
+	g.buf = append(g.buf, rec...)
+	g.batches++
+	for _, e := range b.Entries {
+		g.maxIndex = max(g.maxIndex, e.Index)
+	}
+	if b.Snapshot != nil && b.Snapshot.Index >= g.snap.Index {
+		g.snap = *b.Snapshot
 	}
 	if !b.HardState.IsEmpty() {
-		w.pendingHS = b.HardState
+		g.hs = b.HardState
 	}
-	for w.durableSeq < my {
+	for !g.finished {
 		if w.closed {
 			return ErrClosed
-		}
-		if w.broken != nil {
-			return w.broken
 		}
 		if !w.flushing {
 			w.flushLocked()
@@ -590,50 +595,99 @@ func (w *WAL) Save(ctx context.Context, b Batch) error {
 		}
 		w.mu.Lock()
 	}
-	return nil
+	return g.err
 }
 
-// flushLocked writes and syncs everything pending as one frame.
+// flushGroup is the batches one flush writes with one write and one fsync,
+// and its outcome, shared by their callers.
+type flushGroup struct {
+	buf      []byte
+	batches  uint64
+	maxIndex uint64 // highest entry index in buf
+	hs       consensus.HardState
+	snap     consensus.SnapshotMeta
+	finished bool
+	err      error
+}
+
+// flushLocked writes and syncs the pending group as one frame.
 // REQUIRES: w.mu is held; it is released during I/O.
 func (w *WAL) flushLocked() {
 	w.flushing = true
-	buf, seq, maxIx := w.pending, w.pendingSeq, w.pendingMax
-	hs, snap := w.pendingHS, w.pendingSnap
-	w.pending, w.pendingMax = nil, 0
+	g := w.group
+	w.group = nil
 	w.mu.Unlock()
-	err := w.writeAndSync(buf, maxIx, snap)
+	err, fatal := w.writeAndSync(g.buf, g.maxIndex, g.snap)
 	w.mu.Lock()
 	w.flushing = false
-	if err != nil {
-		w.broken = fmt.Errorf("%w: %w", ErrBroken, err)
-	} else {
-		w.durableSeq = seq
-		w.durableHS, w.durableSnap = hs, snap
+	switch {
+	case err == nil:
+		if !g.hs.IsEmpty() {
+			w.durableHS = g.hs
+		}
+		if g.snap.Index >= w.durableSnap.Index {
+			w.durableSnap = g.snap
+		}
 		w.fsyncs++
-		w.batchesSaved = seq
+		w.batchesSaved += g.batches
+	case fatal:
+		w.broken = fmt.Errorf("%w: %w", ErrBroken, err)
+		g.err = w.broken
+	default:
+		// Nothing was made durable and nothing reached the disk that a
+		// later write will not overwrite: the group's callers get the
+		// error and may save again; the log stays usable.
+		g.err = err
 	}
+	g.finished = true
+	g.buf = nil
 	close(w.flushDone)
 	w.flushDone = make(chan struct{})
 }
 
-func (w *WAL) writeAndSync(buf []byte, maxIx uint64, snap consensus.SnapshotMeta) error {
+// writeAndSync writes buf as one frame and syncs it. A full disk
+// (ENOSPC) while creating a segment or writing a frame is not fatal: the
+// offset does not move, and the bytes a partial write may have left are
+// zeroed by the next write. Any other failure, and any fsync failure, is.
+func (w *WAL) writeAndSync(buf []byte, maxIx uint64, snap consensus.SnapshotMeta) (err error, fatal bool) {
 	need := alignUp(frameHeader + int64(len(buf)))
 	if w.offset+need > w.opts.SegmentBytes {
+		if err := w.clearDirty(); err != nil {
+			return err, !errors.Is(err, syscall.ENOSPC)
+		}
 		if err := w.roll(); err != nil {
-			return err
+			return err, !errors.Is(err, syscall.ENOSPC)
 		}
 	}
 	if err := w.writeFrame(buf); err != nil {
-		return err
+		w.dirtyTo = max(w.dirtyTo, w.offset+need)
+		return err, !errors.Is(err, syscall.ENOSPC)
 	}
 	if err := w.file.Sync(); err != nil {
-		return fmt.Errorf("wal: fsync %s: %w", w.file.Name(), err)
+		return fmt.Errorf("wal: fsync %s: %w", w.fileName, err), true
 	}
 	w.mu.Lock()
 	seg := &w.segs[len(w.segs)-1]
 	seg.maxIndex = max(seg.maxIndex, maxIx)
 	seg.snapIdx = max(seg.snapIdx, snap.Index)
 	w.mu.Unlock()
+	return nil, false
+}
+
+// clearDirty zeroes what a failed write left after offset, before the
+// segment is closed for good: only the last segment may end in a torn
+// frame.
+func (w *WAL) clearDirty() error {
+	if w.dirtyTo <= w.offset {
+		return nil
+	}
+	if _, err := w.file.WriteAt(make([]byte, w.dirtyTo-w.offset), w.offset); err != nil {
+		return fmt.Errorf("wal: zero %s at %d: %w", w.fileName, w.offset, err)
+	}
+	if err := w.file.Sync(); err != nil {
+		return fmt.Errorf("wal: fsync %s: %w", w.fileName, err)
+	}
+	w.dirtyTo = 0
 	return nil
 }
 

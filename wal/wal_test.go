@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/ballotdb/ballot/consensus"
@@ -260,4 +262,75 @@ func TestCrashAtEveryPoint(t *testing.T) {
 		t.Fatalf("no crash point produced a torn tail: the test exercised nothing")
 	}
 	t.Logf("%d crash points, %d with a torn tail repaired", total, tornSeen)
+}
+
+// TestNoSpaceDoesNotBreakWAL: a full disk fails the Saves it hits with an
+// error matching ENOSPC, never ErrBroken; once space returns the log goes
+// on, and recovery — even after a crash, and across segment rolls that
+// follow a short write — finds exactly the batches that were saved.
+func TestNoSpaceDoesNotBreakWAL(t *testing.T) {
+	m := vfs.NewMem()
+	f := vfs.NewFault(m, nil)
+	opts := Options{SegmentBytes: 1 << 14}
+	w, _ := mustOpen(t, f, opts)
+	var saved []uint64
+	idx := uint64(0)
+	save := func(size int) {
+		t.Helper()
+		idx++
+		if err := w.Save(ctx, Batch{Entries: []consensus.Entry{ent(idx, 1, strings.Repeat("x", size))}}); err != nil {
+			t.Fatalf("save %d: %v", idx, err)
+		}
+		saved = append(saved, idx)
+	}
+	fill := func(size, short int) {
+		t.Helper()
+		var once sync.Once
+		f.SetInjector(func(op vfs.Op, n int, name string) vfs.Decision {
+			if op != vfs.OpWrite && op != vfs.OpCreate && op != vfs.OpTruncate {
+				return vfs.Decision{}
+			}
+			d := vfs.Decision{Err: vfs.ErrNoSpace}
+			once.Do(func() { d.ShortBytes = short })
+			return d
+		})
+		err := w.Save(ctx, Batch{Entries: []consensus.Entry{ent(idx+1, 1, strings.Repeat("y", size))}})
+		if !errors.Is(err, syscall.ENOSPC) || errors.Is(err, ErrBroken) {
+			t.Fatalf("save on a full disk: %v (want ENOSPC, not broken)", err)
+		}
+		f.SetInjector(nil)
+	}
+	for round := range 6 {
+		save(4000 + round*10)
+		save(4000)
+		save(4000)
+		// A short write leaves 3500 bytes of a frame; a small save
+		// covers only its start; a big one rolls to a new segment,
+		// closing the old one for good. The stale bytes must not stay
+		// in it: only a last segment may end in a torn frame.
+		fill(4000, 3500)
+		save(100)
+		fill(4200, 0) // fails creating the next segment
+		save(4200)
+	}
+	if w.Stats().Segments < 6 {
+		t.Fatalf("only %d segments: the test must cross segment rolls", w.Stats().Segments)
+	}
+	// Crash, losing what was not synced or keeping all of it.
+	for _, keep := range []func(string, int) int{
+		func(string, int) int { return 0 },
+		func(_ string, unsynced int) int { return unsynced },
+	} {
+		_, st, err := Open(m.Crash(keep), "/wal", opts)
+		if err != nil {
+			t.Fatalf("recovery after full-disk failures: %v", err)
+		}
+		var got []uint64
+		for _, e := range st.Entries {
+			got = append(got, e.Index)
+		}
+		if !slices.Equal(got, saved) {
+			t.Fatalf("recovered entries %v, want %v", got, saved)
+		}
+	}
 }
