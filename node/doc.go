@@ -18,42 +18,44 @@
 //
 // A Node runs five goroutines of its own, plus the transport's:
 //
-//		          Propose / ReadBarrier / membership / Status
-//		                        │ propc, reqc
-//		 transport ──recvc──▶ ┌─────────────┐ ──persist──▶ persister ──▶ WAL, snap store
-//		 (reports) ─note────▶ │   engine    │ ◀─persisted─┘
-//		                      │  goroutine  │ ──snapSave/snapSend──▶ snapshotter ──▶ snap store, transport
-//		 transport ◀──Send─── │ (loop.run)  │ ◀─snapSaved──┘
-//		                      └─────────────┘
-//		                       │ applyc   ▲ appliedNote, snapTaken
-//		                       ▼          │
-//		                      apply goroutine ──▶ StateMachine, proposal results
+//	         Propose / ReadBarrier / membership / Status
+//	                       │ propc, reqc
+//	transport ──recvc──▶ ┌─────────────┐ ──persist──▶ persister ──▶ WAL, snap store
+//	(reports) ─note────▶ │   engine    │ ◀─persisted─┘
+//	                     │  goroutine  │ ──snapSave/snapSend──▶ snapshotter ──▶ snap store, transport
+//	transport ◀──Send─── │ (loop.run)  │ ◀─snapSaved──┘
+//	                     └─────────────┘
+//	                      │ applyc   ▲ appliedNote, snapTaken
+//	                      ▼          │
+//	                     apply goroutine ──▶ StateMachine, proposal results
 //
-//	  - The engine goroutine (loop.run) owns the consensus.Engine and
-//	    everything in loop: it ticks from Config.Clock, steps incoming
-//	    messages, takes proposals, reads and admin requests, and handles one
-//	    Ready at a time. Messages that promise nothing about this node's log
-//	    (a leader's appends, heartbeats) leave at once, so a leader replicates
-//	    in parallel with its own fsync; the engine counts the leader's own
-//	    entries only once Advance reports them durable. Votes and append
-//	    acknowledgements leave only after the persister reports the Ready's
-//	    HardState and entries durable. It then hands committed entries to the
-//	    apply goroutine and advances the engine.
-//	  - The persister owns writes to the WAL (and installs leaders' snapshots
-//	    into the snap store first). One job is in flight at a time
-//	    (persist/persisted have capacity 1); the WAL's group commit shares
-//	    one fsync among the batches of a job.
-//	  - The apply goroutine owns the StateMachine and the session table that
-//	    suppresses duplicate proposals. It applies committed entries in index
-//	    order, settles waiting proposals, publishes the applied index, and
-//	    takes snapshots (Snapshot runs here, so no Apply runs concurrently).
-//	  - The snapshotter saves local snapshots (file, then WAL record, then
-//	    releases WAL segments and prunes old snapshots) and attaches snapshot
-//	    data to outgoing MsgSnap messages, so that reading a snapshot never
-//	    blocks the engine.
-//	  - The reaper waits for Stop (or a storage failure), then for the other
-//	    four, then closes the transport and the WAL and fails what still
-//	    waits with ErrStopped.
+// Who owns what:
+//
+//   - The engine goroutine (loop.run) owns the consensus.Engine and
+//     everything in loop: it ticks from Config.Clock, steps incoming
+//     messages, takes proposals, reads and admin requests, and handles one
+//     Ready at a time. Messages that promise nothing about this node's log
+//     (a leader's appends, heartbeats) leave at once, so a leader replicates
+//     in parallel with its own fsync; the engine counts the leader's own
+//     entries only once Advance reports them durable. Votes and append
+//     acknowledgements leave only after the persister reports the Ready's
+//     HardState and entries durable. It then hands committed entries to the
+//     apply goroutine and advances the engine.
+//   - The persister owns writes to the WAL (and installs leaders' snapshots
+//     into the snap store first). One job is in flight at a time
+//     (persist/persisted have capacity 1); the WAL's group commit shares
+//     one fsync among the batches of a job.
+//   - The apply goroutine owns the StateMachine and the session table that
+//     suppresses duplicate proposals. It applies committed entries in index
+//     order, settles waiting proposals, publishes the applied index, and
+//     takes snapshots (Snapshot runs here, so no Apply runs concurrently).
+//   - The snapshotter saves local snapshots (file, then WAL record, then
+//     releases WAL segments and prunes old snapshots) and attaches snapshot
+//     data to outgoing MsgSnap messages, so that reading a snapshot never
+//     blocks the engine.
+//   - The reaper waits for Stop (or a storage failure), then for the other
+//     four, then closes the transport and the WAL and fails what still
+//     waits with ErrStopped.
 //
 // Every channel between them is bounded: the inbox (recvc) drops when full,
 // as a network would; propc is sized by Config.MaxPendingProposals and a
