@@ -414,6 +414,13 @@ func (n *Node) Applied() uint64 { return n.applied.Load() }
 // refreshed every tick and every time the engine reports a new term.
 func (n *Node) Leader() consensus.NodeID { return consensus.NodeID(n.lead.Load()) }
 
+// Term returns the current term (epoch) this node knows, refreshed like
+// Leader; cheap enough for every response header.
+func (n *Node) Term() uint64 { return n.term.Load() }
+
+// Role returns this node's current role, refreshed like Leader.
+func (n *Node) Role() consensus.Role { return consensus.Role(n.role.Load()) }
+
 // Status returns the engine's status (Applied is the state machine's). On a
 // stopped node it returns the last status seen.
 func (n *Node) Status() consensus.Status {
