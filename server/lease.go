@@ -1,0 +1,276 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballotdb/ballot/consensus"
+)
+
+// lessor decides when leases expire. Only the leader expires leases, by
+// proposing their revocation through the log; every member's store then
+// deletes the attached keys at the same revision.
+//
+// Deadlines live in the leader's memory only, measured on its monotonic
+// clock. A keep-alive that reaches the leader moves a deadline directly; one
+// that reaches a follower is relayed through the log (a LeaseCheckpoint
+// entry) and moves the deadline when the leader applies it. A member that
+// becomes leader gives every lease a fresh full TTL before it may expire
+// any, as etcd does, so a leader change never expires a lease that was being
+// kept alive.
+type lessor struct {
+	s *Server
+
+	mu        sync.Mutex
+	deadline  map[int64]time.Time
+	ttl       map[int64]int64 // granted TTL in seconds
+	leaderFor uint64          // the term in which this member last became leader; 0 if not leader
+}
+
+func newLessor(s *Server) *lessor {
+	return &lessor{s: s, deadline: map[int64]time.Time{}, ttl: map[int64]int64{}}
+}
+
+// minTTL is the shortest lease TTL in seconds: etcd's rule, one and a half
+// election timeouts rounded up, so a lease cannot expire during an election.
+func (l *lessor) minTTL() int64 {
+	tick := l.s.cfg.TickInterval
+	if tick == 0 {
+		tick = 100 * time.Millisecond
+	}
+	et := l.s.cfg.ElectionTicks
+	if et == 0 {
+		et = 10
+	}
+	d := time.Duration(3*et/2) * tick
+	return int64(math.Ceil(d.Seconds()))
+}
+
+// run checks for expired leases twice a second while this member leads.
+func (l *lessor) run() {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.s.stopc:
+			return
+		case <-l.s.node.Done():
+			return
+		case <-t.C:
+			l.check()
+		}
+	}
+}
+
+// check syncs the deadlines with the store's leases and revokes expired
+// ones. It runs on the lessor goroutine.
+func (l *lessor) check() {
+	n := l.s.node
+	if n.Role() != consensus.Leader || n.Leader() != n.ID() {
+		l.mu.Lock()
+		l.leaderFor = 0
+		l.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	ids := l.s.store.Leases()
+	l.mu.Lock()
+	term := n.Term()
+	fresh := l.leaderFor != term
+	l.leaderFor = term
+	live := make(map[int64]bool, len(ids))
+	var expired []int64
+	for _, id := range ids {
+		live[id] = true
+		ttl, _, err := l.s.store.LeaseTimeToLive(id, false)
+		if err != nil {
+			continue
+		}
+		l.ttl[id] = ttl
+		d, ok := l.deadline[id]
+		if fresh || !ok {
+			l.deadline[id] = now.Add(time.Duration(ttl) * time.Second)
+			continue
+		}
+		if now.After(d) {
+			expired = append(expired, id)
+		}
+	}
+	for id := range l.deadline {
+		if !live[id] {
+			delete(l.deadline, id)
+			delete(l.ttl, id)
+		}
+	}
+	l.mu.Unlock()
+	for _, id := range expired {
+		ctx, cancel := context.WithTimeout(context.Background(), l.s.requestTimeout())
+		_, err := l.s.propose(ctx, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}})
+		cancel()
+		if err != nil && !errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+			l.s.log.Warn("revoking an expired lease failed; will retry", "lease", id, "err", err)
+			continue
+		}
+		l.s.log.Info("lease expired", "lease", id)
+	}
+}
+
+// renew moves a lease's deadline on the leader; it reports false when
+// this member is not the leader (the caller relays through the log).
+func (l *lessor) renew(id int64) bool {
+	n := l.s.node
+	if n.Role() != consensus.Leader {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.leaderFor == 0 {
+		return false // leadership not yet taken up by check: relay
+	}
+	if ttl, ok := l.ttl[id]; ok {
+		l.deadline[id] = time.Now().Add(time.Duration(ttl) * time.Second)
+	}
+	return true
+}
+
+// renewed is called by the apply goroutine for a keep-alive relayed
+// through the log.
+func (l *lessor) renewed(id int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ttl, ok := l.ttl[id]; ok && l.leaderFor != 0 {
+		l.deadline[id] = time.Now().Add(time.Duration(ttl) * time.Second)
+	}
+}
+
+// remaining returns the seconds left on a lease as the leader sees them,
+// or the granted TTL where this member does not know better.
+func (l *lessor) remaining(id, granted int64) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d, ok := l.deadline[id]; ok && l.leaderFor != 0 {
+		left := int64(math.Ceil(time.Until(d).Seconds()))
+		return max(left, 0)
+	}
+	return granted
+}
+
+// leaseServer is etcd's Lease service.
+type leaseServer struct {
+	pb.UnimplementedLeaseServer
+	s *Server
+}
+
+func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if r.TTL > MaxLeaseTTL {
+		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
+	}
+	req := &pb.LeaseGrantRequest{TTL: max(r.TTL, ls.s.less.minTTL()), ID: r.ID}
+	if req.ID == 0 {
+		// The proposer picks the ID, so that Apply stays deterministic.
+		var b [8]byte
+		for req.ID <= 0 {
+			rand.Read(b[:])
+			req.ID = int64(binary.LittleEndian.Uint64(b[:]) >> 1)
+		}
+	}
+	resp, err := ls.s.propose(ctx, &pb.InternalRaftRequest{LeaseGrant: req})
+	if err != nil {
+		return nil, err
+	}
+	out := resp.(*pb.LeaseGrantResponse)
+	out.Header = ls.s.fillHeader(out.Header)
+	return out, nil
+}
+
+func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	resp, err := ls.s.propose(ctx, &pb.InternalRaftRequest{LeaseRevoke: r})
+	if err != nil {
+		return nil, err
+	}
+	out := resp.(*pb.LeaseRevokeResponse)
+	out.Header = ls.s.fillHeader(out.Header)
+	return out, nil
+}
+
+func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	if err := ls.s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
+	ttl, keys, err := ls.s.store.LeaseTimeToLive(r.ID, r.Keys)
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+			return &pb.LeaseTimeToLiveResponse{Header: ls.s.header(0), ID: r.ID, TTL: -1}, nil
+		}
+		return nil, err
+	}
+	return &pb.LeaseTimeToLiveResponse{Header: ls.s.header(0), ID: r.ID, TTL: ls.s.less.remaining(r.ID, ttl),
+		GrantedTTL: ttl, Keys: keys}, nil
+}
+
+func (ls *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	if err := ls.s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
+	out := &pb.LeaseLeasesResponse{Header: ls.s.header(0)}
+	for _, id := range ls.s.store.Leases() {
+		out.Leases = append(out.Leases, &pb.LeaseStatus{ID: id})
+	}
+	return out, nil
+}
+
+// LeaseKeepAlive renews leases for as long as the client streams requests.
+func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		}
+		ttl, err := ls.keepAliveOnce(stream.Context(), req.ID)
+		if err != nil && !errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+			return err
+		}
+		resp := &pb.LeaseKeepAliveResponse{Header: ls.s.header(0), ID: req.ID, TTL: ttl}
+		if err := stream.Send(resp); err != nil {
+			return nil
+		}
+	}
+}
+
+// keepAliveOnce renews one lease: on the leader directly, elsewhere through
+// the log. A lease that does not exist gets TTL 0, as etcd answers.
+func (ls *leaseServer) keepAliveOnce(ctx context.Context, id int64) (int64, error) {
+	ttl, _, err := ls.s.store.LeaseTimeToLive(id, false)
+	if err != nil {
+		return 0, rpctypes.ErrGRPCLeaseNotFound
+	}
+	if ls.s.less.renew(id) {
+		return ttl, nil
+	}
+	_, err = ls.s.propose(ctx, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{
+		Checkpoints: []*pb.LeaseCheckpoint{{ID: id, Remaining_TTL: ttl}}}})
+	if err != nil {
+		return 0, err
+	}
+	if _, _, err := ls.s.store.LeaseTimeToLive(id, false); err != nil {
+		return 0, rpctypes.ErrGRPCLeaseNotFound
+	}
+	return ttl, nil
+}
