@@ -17,7 +17,8 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(simCommand())
+	root.AddCommand(simCommand(), serveCommand(), devCommand())
+	root.AddCommand(clientCommands()...)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ballot:", err)
 		os.Exit(1)

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/server"
+)
+
+type serveFlags struct {
+	name           string
+	dataDir        string
+	listenClient   string
+	listenPeer     string
+	listenHTTP     string
+	initialCluster string
+	clusterToken   string
+	clusterState   string
+	engine         string
+	tick           time.Duration
+	electionTicks  int
+	logLevel       string
+	logFormat      string
+	configFile     string
+	snapshotCount  uint64
+	unsafeStale    bool
+}
+
+func serveCommand() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run one ballot member serving the etcd v3 API",
+		Long: `Run one ballot member serving the etcd v3 API.
+
+Every flag can also be set by an environment variable named BALLOT_ and the
+flag's name in capitals with dashes as underscores (BALLOT_DATA_DIR), or by a
+JSON config file (--config) mapping flag names to values. A flag on the
+command line wins over the environment, which wins over the file.`,
+		Example: `  ballot serve --name n1 --data-dir /var/lib/ballot/n1 \
+    --listen-client 127.0.0.1:2379 --listen-peer 127.0.0.1:2380 \
+    --initial-cluster n1=127.0.0.1:2380,n2=127.0.0.1:22380,n3=127.0.0.1:32380`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnvAndConfig(cmd.Flags(), f.configFile); err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.name, "name", "", "this member's name, as in --initial-cluster (required)")
+	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the write-ahead log and snapshots (required)")
+	fl.StringVar(&f.listenClient, "listen-client", "127.0.0.1:2379", "address for clients (etcd v3 gRPC API)")
+	fl.StringVar(&f.listenPeer, "listen-peer", "127.0.0.1:2380", "address for the other members")
+	fl.StringVar(&f.listenHTTP, "listen-http", "127.0.0.1:2381", "address for health and status over HTTP ('' to disable)")
+	fl.StringVar(&f.initialCluster, "initial-cluster", "", "initial members: name=host:port,... (peer addresses)")
+	fl.StringVar(&f.clusterToken, "initial-cluster-token", "ballot-cluster", "token naming the cluster; member and cluster IDs derive from it")
+	fl.StringVar(&f.clusterState, "initial-cluster-state", "new", "new: bootstrap with --initial-cluster; existing: join a running cluster")
+	fl.StringVar(&f.engine, "engine", "raft", "consensus engine (raft)")
+	fl.DurationVar(&f.tick, "tick", 100*time.Millisecond, "length of one engine tick (heartbeat interval)")
+	fl.IntVar(&f.electionTicks, "election-ticks", 10, "election timeout in ticks")
+	fl.Uint64Var(&f.snapshotCount, "snapshot-count", 10000, "applied entries between automatic snapshots")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fl.StringVar(&f.configFile, "config", "", "JSON file of flag values")
+	fl.BoolVar(&f.unsafeStale, "unsafe-stale-reads", false, "BROKEN ON PURPOSE: serve linearizable reads without a read barrier (for the chaos rig's self-test)")
+	_ = fl.MarkHidden("unsafe-stale-reads")
+	return cmd
+}
+
+// applyEnvAndConfig fills flags not set on the command line from BALLOT_*
+// variables, then from the config file.
+func applyEnvAndConfig(fs *pflag.FlagSet, file string) error {
+	var fromFile map[string]any
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("config file: %w", err)
+		}
+		if err := json.Unmarshal(b, &fromFile); err != nil {
+			return fmt.Errorf("config file %s: %w", file, err)
+		}
+		for k := range fromFile {
+			if fs.Lookup(k) == nil {
+				return fmt.Errorf("config file %s: unknown flag %q", file, k)
+			}
+		}
+	}
+	var err error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if fl.Changed || err != nil {
+			return
+		}
+		env := "BALLOT_" + strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if e := fs.Set(fl.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", env, e)
+			}
+			return
+		}
+		if v, ok := fromFile[fl.Name]; ok {
+			if e := fs.Set(fl.Name, fmt.Sprint(v)); e != nil {
+				err = fmt.Errorf("config file %s: %s: %w", file, fl.Name, e)
+			}
+		}
+	})
+	return err
+}
+
+// parseCluster parses name=host:port,... (an http:// prefix is accepted).
+func parseCluster(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		name, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || name == "" || addr == "" {
+			return nil, fmt.Errorf("--initial-cluster: %q is not name=host:port", part)
+		}
+		addr = stripScheme(addr)
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("--initial-cluster: member %s: %w", name, err)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--initial-cluster: member %s named twice", name)
+		}
+		out[name] = addr
+	}
+	return out, nil
+}
+
+func stripScheme(a string) string {
+	for _, p := range []string{"http://", "https://"} {
+		a = strings.TrimPrefix(a, p)
+	}
+	return a
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is neither text nor json", format)
+}
+
+func runServe(ctx context.Context, f serveFlags) error {
+	if f.name == "" || f.dataDir == "" {
+		return errors.New("serve: --name and --data-dir are required")
+	}
+	if f.engine != "raft" {
+		return fmt.Errorf("serve: --engine %q: only raft is available (Multi-Paxos is coming)", f.engine)
+	}
+	log, err := newLogger(f.logLevel, f.logFormat)
+	if err != nil {
+		return err
+	}
+	initial, err := parseCluster(f.initialCluster)
+	if err != nil {
+		return err
+	}
+	join := false
+	switch f.clusterState {
+	case "new":
+		if len(initial) == 0 {
+			initial = map[string]string{f.name: stripScheme(f.listenPeer)}
+		}
+	case "existing":
+		join = true
+	default:
+		return fmt.Errorf("--initial-cluster-state: %q is neither new nor existing", f.clusterState)
+	}
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return fmt.Errorf("serve: data dir: %w", err)
+	}
+	cl, err := net.Listen("tcp", stripScheme(f.listenClient))
+	if err != nil {
+		return fmt.Errorf("serve: --listen-client: %w", err)
+	}
+	pl, err := net.Listen("tcp", stripScheme(f.listenPeer))
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("serve: --listen-peer: %w", err)
+	}
+	srv, err := server.Start(ctx, server.Config{
+		Name: f.name, ClusterToken: f.clusterToken, InitialCluster: initial, Join: join,
+		DataDir: f.dataDir, ClientListener: cl, PeerListener: pl,
+		TickInterval: f.tick, ElectionTicks: f.electionTicks, SnapshotEntries: f.snapshotCount,
+		Logger: log, Unsafe: server.UnsafeKnobs{StaleReads: f.unsafeStale},
+	})
+	if err != nil {
+		pl.Close()
+		return err
+	}
+	var httpSrv *http.Server
+	if f.listenHTTP != "" {
+		hl, err := net.Listen("tcp", stripScheme(f.listenHTTP))
+		if err != nil {
+			srv.Stop()
+			return fmt.Errorf("serve: --listen-http: %w", err)
+		}
+		httpSrv = &http.Server{Handler: httpHandler(srv), ReadHeaderTimeout: 5 * time.Second}
+		go httpSrv.Serve(hl)
+	}
+	fmt.Fprintf(os.Stderr, "ballot: member %s (%x) of cluster %x serving clients on %s\n",
+		f.name, srv.MemberID(), srv.ClusterID(), cl.Addr())
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	select {
+	case s := <-sig:
+		log.Info("stopping", "signal", s.String())
+	case <-srv.Done():
+	}
+	if httpSrv != nil {
+		httpSrv.Close()
+	}
+	srv.Stop()
+	if err := srv.Err(); err != nil {
+		return fmt.Errorf("serve: stopped after a failure: %w", err)
+	}
+	return nil
+}
+
+// httpHandler serves health and status, the operator's view over HTTP.
+func httpHandler(srv *server.Server) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		lead := srv.Node().Leader()
+		if lead == consensus.None {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, `{"health":"false","reason":"no leader"}`)
+			return
+		}
+		fmt.Fprintln(w, `{"health":"true","reason":""}`)
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		st := srv.Node().Status()
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{
+			"member_id": fmt.Sprintf("%x", srv.MemberID()), "cluster_id": fmt.Sprintf("%x", srv.ClusterID()),
+			"role": st.Role.String(), "term": st.Epoch, "leader": fmt.Sprintf("%x", uint64(st.Leader)),
+			"commit": st.Commit, "applied": st.Applied, "last_index": st.LastIndex,
+		})
+	})
+	return mux
+}
