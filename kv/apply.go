@@ -169,6 +169,9 @@ func encodeError(err error) []byte {
 			code, msg = st.Code(), st.Message()
 		}
 	}
+	if code == codes.OK { // an error must not decode as success
+		code = codes.Unknown
+	}
 	out := []byte{resultVersion, kindError}
 	out = binary.AppendUvarint(out, uint64(code))
 	return append(out, msg...)

@@ -2,6 +2,7 @@ package kv
 
 import (
 	"errors"
+	"io"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -11,8 +12,11 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// Store has node.StateMachine's method set.
 var _ interface {
-	Apply(uint64, []byte) []byte
+	Apply(index uint64, cmd []byte) []byte
+	Snapshot(w io.Writer) error
+	Restore(r io.Reader) error
 } = (*Store)(nil)
 
 func applyReq(t *testing.T, s *Store, idx uint64, r *pb.InternalRaftRequest) Result {

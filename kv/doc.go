@@ -37,9 +37,20 @@
 //
 // Errors are etcd's gRPC errors from go.etcd.io/etcd/api/v3/v3rpc/rpctypes,
 // returned unwrapped so that a gRPC server can return them as they are.
+// A failed request changes nothing.
+//
 // Quirks kept from etcd: a Txn delete with range_end "\x00" does not count
-// as covering any key for ErrGRPCDuplicateKey; Range's Count is the number
-// of keys in the range before the min/max revision filters and the limit.
+// as covering any key for ErrGRPCDuplicateKey (so such a txn may write a
+// key twice in one revision); Range's Count is the number of keys in the
+// range before the min/max revision filters and the limit. Deliberate
+// differences: a Range with a sort target other than KEY, sort order NONE
+// (meaning ASCEND) and a limit sorts the whole range before limiting (etcd
+// sorts only the first limit+1 keys); sorting is stable (ties stay in key
+// order); a Txn whose put with ignore_value/ignore_lease finds its key
+// deleted by an earlier "\x00" delete of the same txn is undone and fails
+// with ErrGRPCKeyNotFound (etcd panics); Compaction keeps tombstones
+// written exactly at the compaction revision (see Store.Compact), and a
+// fresh store's CompactRev is 0, so compacting at revision <= 0 fails.
 //
 // # Apply results
 //

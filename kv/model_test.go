@@ -314,7 +314,8 @@ func (m *model) txnPreflight(r *pb.TxnRequest) error {
 }
 
 // txnRun decides branches against the pre-txn state (pre) and runs ops.
-func (m *model) txnRun(w *mtxn, r *pb.TxnRequest, pre *model) *pb.TxnResponse {
+// A put that fails (see gen.branch) fails the whole txn.
+func (m *model) txnRun(w *mtxn, r *pb.TxnRequest, pre *model) (*pb.TxnResponse, error) {
 	ok := true
 	for _, c := range r.Compare {
 		ok = ok && pre.compareHolds(c)
@@ -328,7 +329,10 @@ func (m *model) txnRun(w *mtxn, r *pb.TxnRequest, pre *model) *pb.TxnResponse {
 		var ro *pb.ResponseOp
 		switch v := op.Request.(type) {
 		case *pb.RequestOp_RequestPut:
-			pr, _ := m.putReq(w, v.RequestPut)
+			pr, err := m.putReq(w, v.RequestPut)
+			if err != nil {
+				return nil, err
+			}
 			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponsePut{ResponsePut: pr}}
 		case *pb.RequestOp_RequestDeleteRange:
 			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: m.delReq(w, v.RequestDeleteRange)}}
@@ -336,11 +340,15 @@ func (m *model) txnRun(w *mtxn, r *pb.TxnRequest, pre *model) *pb.TxnResponse {
 			rr, _ := m.rangeAt(v.RequestRange, w.view())
 			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseRange{ResponseRange: rr}}
 		case *pb.RequestOp_RequestTxn:
-			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: m.txnRun(w, v.RequestTxn, pre)}}
+			tr, err := m.txnRun(w, v.RequestTxn, pre)
+			if err != nil {
+				return nil, err
+			}
+			ro = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: tr}}
 		}
 		resp.Responses = append(resp.Responses, ro)
 	}
-	return resp
+	return resp, nil
 }
 
 // snapshotModel freezes the pre-txn state for compares (only reads at
@@ -456,7 +464,12 @@ func (g *gen) branch(m *model, used map[string]bool, depth int) []*pb.RequestOp 
 	var ops []*pb.RequestOp
 	for n := g.r.Intn(4); n > 0; n-- {
 		k := g.key()
-		switch g.r.Intn(5) {
+		switch g.r.Intn(6) {
+		case 5:
+			// etcd's checkIntervals does not see a "\x00" range_end as
+			// covering anything, so this may delete keys the txn puts
+			// (before or after), or make a later ignore_value put fail.
+			ops = append(ops, opDel(k, "\x00"))
 		case 0, 1:
 			if used[k] {
 				continue
@@ -517,6 +530,7 @@ func runModel(t *testing.T, seed int64, steps int) {
 	s.SetObserver(obs)
 	var modelEvents []*mvccpb.Event
 	checked := 0
+	midway := 0
 	fail := func(step int, what string, got, want any) {
 		t.Helper()
 		t.Fatalf("seed %d step %d %s:\n got  %v\n want %v", seed, step, what, got, want)
@@ -582,8 +596,20 @@ func runModel(t *testing.T, seed int64, steps int) {
 				check(step, "txn", resp, err, nil, perr)
 				continue
 			}
+			saved := map[string]int{}
+			for k, h := range m.hist {
+				saved[k] = len(h)
+			}
 			w := &mtxn{m: m}
-			want := m.txnRun(w, req, m.frozen())
+			want, werr := m.txnRun(w, req, m.frozen())
+			if werr != nil {
+				for k := range m.hist {
+					m.hist[k] = m.hist[k][:saved[k]]
+				}
+				check(step, "txn failing midway", resp, err, nil, werr)
+				midway++
+				continue
+			}
 			want.Header.Revision = w.end()
 			modelEvents = append(modelEvents, w.events...)
 			check(step, "txn", resp, err, want, nil)
@@ -591,7 +617,7 @@ func runModel(t *testing.T, seed int64, steps int) {
 			r := g.rangeReq(m)
 			resp, err := s.Range(r)
 			want, werr := m.rangeAt(r, m.rev)
-			check(step, "range", resp, err, want, werr)
+			check(step, fmt.Sprint("range ", r), resp, err, want, werr)
 		case op < 80: // compact
 			rev := m.compact + int64(g.r.Intn(int(m.rev-m.compact)+3)) - 1
 			resp, err := s.Compact(&pb.CompactionRequest{Revision: rev})
@@ -654,6 +680,7 @@ func runModel(t *testing.T, seed int64, steps int) {
 		}
 	}
 	compareFull(t, seed, steps, s, m, modelEvents, observed, &checked)
+	t.Logf("seed %d: rev %d, %d txns failed midway and were undone", seed, m.rev, midway)
 }
 
 func compareFull(t *testing.T, seed int64, step int, s *Store, m *model, modelEvents, observed []*mvccpb.Event, checked *int) {

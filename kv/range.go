@@ -75,8 +75,12 @@ func (s *Store) rangeKeys(sp span, curRev, atRev int64, limit int64, countOnly b
 
 // execRange is etcd's executeRange against a view at curRev.
 func (s *Store) execRange(r *pb.RangeRequest, curRev int64) (*pb.RangeResponse, error) {
+	// etcd decides whether to fetch everything from the order as given,
+	// so with a non-KEY target, order NONE and a limit it sorts only the
+	// first limit+1 keys (in key order). kv normalizes the order first
+	// and sorts the whole range, as the API describes.
 	limit := r.Limit
-	if !isDefaultOrdering(r.SortTarget, r.SortOrder) || hasRevisionFilters(r) {
+	if !isDefaultOrdering(r.SortTarget, effectiveOrder(r.SortTarget, r.SortOrder)) || hasRevisionFilters(r) {
 		limit = 0
 	}
 	if limit > 0 && limit < math.MaxInt64 {
@@ -121,6 +125,15 @@ func (s *Store) execRange(r *pb.RangeRequest, curRev int64) (*pb.RangeResponse, 
 	return resp, nil
 }
 
+// effectiveOrder is etcd's rule: order NONE with a target other than KEY
+// means ASCEND.
+func effectiveOrder(t pb.RangeRequest_SortTarget, o pb.RangeRequest_SortOrder) pb.RangeRequest_SortOrder {
+	if t != pb.RangeRequest_KEY && o == pb.RangeRequest_NONE {
+		return pb.RangeRequest_ASCEND
+	}
+	return o
+}
+
 func isDefaultOrdering(t pb.RangeRequest_SortTarget, o pb.RangeRequest_SortOrder) bool {
 	return o == pb.RangeRequest_NONE || (t == pb.RangeRequest_KEY && o == pb.RangeRequest_ASCEND)
 }
@@ -135,9 +148,7 @@ func hasRevisionFilters(r *pb.RangeRequest) bool {
 // NONE or ASCEND keeps key order. Ties keep key order (a stable sort), so
 // the result is deterministic.
 func sortKVs(kvs []*mvccpb.KeyValue, t pb.RangeRequest_SortTarget, o pb.RangeRequest_SortOrder) {
-	if t != pb.RangeRequest_KEY && o == pb.RangeRequest_NONE {
-		o = pb.RangeRequest_ASCEND
-	}
+	o = effectiveOrder(t, o)
 	if isDefaultOrdering(t, o) {
 		return
 	}

@@ -187,8 +187,9 @@ func (s *Store) SetObserver(fn func(rev int64, events []*mvccpb.Event)) {
 	s.mu.Unlock()
 }
 
-// rangeEnd interprets an etcd range_end: nil/empty means the single key,
-// "\x00" means every key >= key (returned as end == nil, all == true).
+// span is a key range as etcd's key/range_end pair gives it: an empty
+// range_end means the single key, "\x00" every key >= key, anything else
+// [key, range_end).
 type span struct {
 	key, end []byte
 	single   bool

@@ -145,6 +145,7 @@ func TestRangeOptions(t *testing.T) {
 		{"sort mod descend", &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), SortTarget: pb.RangeRequest_MOD, SortOrder: pb.RangeRequest_DESCEND}, []string{"a", "d", "b", "e", "c"}, 5, false},
 		{"sort version descend, ties in key order", &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), SortTarget: pb.RangeRequest_VERSION, SortOrder: pb.RangeRequest_DESCEND}, []string{"a", "b", "c", "d", "e"}, 5, false},
 		{"sort then limit", &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), SortTarget: pb.RangeRequest_VALUE, SortOrder: pb.RangeRequest_DESCEND, Limit: 2}, []string{"a", "b"}, 5, true},
+		{"sort create, order none, limit: whole range sorted", &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), SortTarget: pb.RangeRequest_CREATE, Limit: 2}, []string{"c", "a"}, 5, true},
 		{"min mod (count before filters)", &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), MinModRevision: 5}, []string{"a", "b", "d"}, 5, false},
 		{"max mod", &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), MaxModRevision: 4}, []string{"c", "e"}, 5, false},
 		{"min create", &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), MinCreateRevision: 4}, []string{"b", "d", "e"}, 5, false},

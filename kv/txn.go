@@ -321,13 +321,18 @@ func (s *Store) Txn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	}
 	w := s.beginWrite()
 	resp, _, err := w.execTxn(req, path)
+	if err != nil {
+		// checkTxn rules out every failure but one that etcd also misses
+		// (and panics on): a put with ignore_value/ignore_lease of a key
+		// that an earlier delete with range_end "\x00" removed in this
+		// txn. Undo the txn's writes and fail it as a whole instead.
+		w.abort()
+		s.mu.Unlock()
+		return nil, err
+	}
 	rev, evs := w.end()
 	obs := s.observer
 	s.mu.Unlock()
-	if err != nil {
-		// Unreachable: checkTxn rules out every failure of execution.
-		panic("kv: txn failed after its checks passed: " + err.Error())
-	}
 	resp.Header.Revision = rev
 	s.notify(obs, rev, evs)
 	return resp, nil

@@ -1,11 +1,13 @@
 package kv
 
 import (
+	"bytes"
 	"slices"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
 
 func TestTxnSubRevisions(t *testing.T) {
@@ -274,5 +276,54 @@ func TestTxnDeleteThenRead(t *testing.T) {
 	mustPut(t, s, "c", "3")
 	if kv := getAt(t, s, "c", 0); kv.Version != 1 || kv.CreateRevision != 6 {
 		t.Fatalf("c after put+delete: %v", kv)
+	}
+}
+
+// etcd misses this conflict in its pre-checks and panics while applying
+// it; kv undoes the txn's writes and fails it with ErrGRPCKeyNotFound.
+func TestTxnFailsMidwayIsUndone(t *testing.T) {
+	s := New()
+	if _, err := s.LeaseGrant(&pb.LeaseGrantRequest{ID: 1, TTL: 9}); err != nil {
+		t.Fatal(err)
+	}
+	mustPutLease(t, s, "a", "1", 1) // 2
+	mustPut(t, s, "b", "1")         // 3
+	before := snapshotBytes(t, s)
+	calls := 0
+	s.SetObserver(func(int64, []*mvccpb.Event) { calls++ })
+	_, err := s.Txn(&pb.TxnRequest{Success: []*pb.RequestOp{
+		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("new"), Value: []byte("x"), Lease: 1}}},
+		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("a"), Value: []byte("2")}}}, // detaches a from lease 1
+		opDel("b", "\x00"),
+		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("c"), IgnoreValue: true}}},
+	}})
+	wantErr(t, err, rpctypes.ErrGRPCKeyNotFound)
+	// c did not exist before: the pre-check catches that. Now a key that
+	// existed before but is deleted by the "\x00" delete.
+	mustPut(t, s, "c", "1") // 4
+	before = snapshotBytes(t, s)
+	calls = 0
+	_, err = s.Txn(&pb.TxnRequest{Success: []*pb.RequestOp{
+		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("new"), Value: []byte("x"), Lease: 1}}},
+		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("a"), Value: []byte("2")}}},
+		opDel("b", "\x00"),
+		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("c"), IgnoreValue: true}}},
+	}})
+	wantErr(t, err, rpctypes.ErrGRPCKeyNotFound)
+	if !bytes.Equal(before, snapshotBytes(t, s)) {
+		t.Fatal("failed txn left changes behind")
+	}
+	if calls != 0 || s.Rev() != 4 {
+		t.Fatalf("observer calls %d rev %d", calls, s.Rev())
+	}
+	if _, keys, _ := s.LeaseTimeToLive(1, true); len(keys) != 1 || string(keys[0]) != "a" {
+		t.Fatalf("lease keys %q", keys)
+	}
+	// The store goes on normally.
+	if r := mustPut(t, s, "new", "y"); r.Header.Revision != 5 {
+		t.Fatalf("rev %d", r.Header.Revision)
+	}
+	if kv := getAt(t, s, "new", 0); kv.Version != 1 || kv.CreateRevision != 5 {
+		t.Fatalf("new %v", kv)
 	}
 }

@@ -17,6 +17,34 @@ type writeTxn struct {
 	beginRev int64
 	changes  int64
 	events   []*mvccpb.Event
+	undo     []undoRec
+}
+
+// undoRec reverses one change: the key's last history entry is removed
+// and its lease attachment moves back from leaseTo to leaseFrom.
+type undoRec struct {
+	key                []byte
+	leaseFrom, leaseTo int64
+}
+
+// abort removes every change the request made, in reverse order, leaving
+// the store as it was when the request began.
+func (w *writeTxn) abort() {
+	for i := len(w.undo) - 1; i >= 0; i-- {
+		u := w.undo[i]
+		h, _ := w.s.keys.Get(&keyHist{key: u.key})
+		last := h.vers[len(h.vers)-1]
+		w.s.revs.Delete(revEntry{main: last.main, sub: last.sub})
+		h.vers = h.vers[:len(h.vers)-1]
+		if len(h.vers) == 0 {
+			w.s.keys.Delete(h)
+		}
+		if u.leaseFrom != u.leaseTo {
+			w.s.detach(u.leaseTo, h.key)
+			w.s.attach(u.leaseFrom, h.key)
+		}
+	}
+	w.undo, w.events, w.changes = nil, nil, 0
 }
 
 func (s *Store) beginWrite() *writeTxn {
@@ -82,6 +110,7 @@ func (w *writeTxn) put(key, value []byte, lease int64) int64 {
 		w.s.detach(oldLease, k)
 		w.s.attach(lease, k)
 	}
+	w.undo = append(w.undo, undoRec{key: k, leaseFrom: oldLease, leaseTo: lease})
 	w.events = append(w.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: toKV(k, &v), PrevKv: prev})
 	return main
 }
@@ -96,6 +125,7 @@ func (w *writeTxn) del(key []byte) {
 	}
 	k := w.appendVersion(key, version{main: main, sub: w.changes, tomb: true})
 	w.s.detach(oldLease, k)
+	w.undo = append(w.undo, undoRec{key: k, leaseFrom: oldLease})
 	w.events = append(w.events, &mvccpb.Event{
 		Type:   mvccpb.DELETE,
 		Kv:     &mvccpb.KeyValue{Key: k, ModRevision: main},
@@ -169,6 +199,9 @@ func (s *Store) Put(req *pb.PutRequest) (*pb.PutResponse, error) {
 	}
 	w := s.beginWrite()
 	resp, err := w.execPut(req)
+	if err != nil {
+		w.abort()
+	}
 	rev, evs := w.end()
 	obs := s.observer
 	s.mu.Unlock()
@@ -180,7 +213,7 @@ func (s *Store) Put(req *pb.PutRequest) (*pb.PutResponse, error) {
 }
 
 // execPut is etcd's put() inside a write request. Its only failure
-// (ErrGRPCKeyNotFound) happens before anything is written.
+// (ErrGRPCKeyNotFound) happens before it writes anything.
 func (w *writeTxn) execPut(p *pb.PutRequest) (*pb.PutResponse, error) {
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{}}
 	val, lease := p.Value, p.Lease
