@@ -68,6 +68,7 @@ type Raft struct {
 	msgs       []consensus.Message
 	readStates []consensus.ReadState
 	reads      readOnly
+	hbRound    uint64 // heartbeat rounds sent while reads wait; never decreases
 
 	// electionElapsed counts ticks since the last valid leader contact
 	// (follower) or since the last CheckQuorum round (leader).
@@ -529,9 +530,9 @@ func stepLeader(r *Raft, m consensus.Message) error {
 		if pr.match < r.log.lastIndex() {
 			r.maybeSendAppend(m.From, true)
 		}
-		if len(m.Context) > 0 && r.cfg.ReadOnly == ReadOnlySafe {
-			r.reads.ack(m.From, m.Context)
-			for _, rd := range r.reads.advance(r.trk.voters) {
+		if round, ok := decodeRound(m.Context); ok && r.cfg.ReadOnly == ReadOnlySafe {
+			r.reads.ack(m.From, round)
+			for _, rd := range r.reads.advance(r.trk.voters, r.id) {
 				r.answerRead(rd.from, rd.ctx, rd.index)
 			}
 		}
@@ -848,7 +849,12 @@ func (r *Raft) snapshotMeta() consensus.SnapshotMeta {
 }
 
 func (r *Raft) bcastHeartbeat() {
-	ctx := r.reads.lastCtx()
+	// While reads wait, every heartbeat opens a new round (see read.go).
+	var ctx []byte
+	if len(r.reads.queue) > 0 {
+		r.hbRound++
+		ctx = encodeRound(r.hbRound)
+	}
 	for _, id := range r.trk.ids {
 		pr := r.trk.prs[id]
 		if id == r.id {
