@@ -287,14 +287,14 @@ func (m *model) txnPreflight(r *pb.TxnRequest) error {
 	}
 	for _, op := range ops {
 		switch v := op.Request.(type) {
-		case *pb.RequestOp_RequestPut:
-			if (v.RequestPut.IgnoreValue || v.RequestPut.IgnoreLease) && m.at(string(v.RequestPut.Key), m.rev) == nil {
-				return rpctypes.ErrGRPCKeyNotFound
-			}
+		case *pb.RequestOp_RequestPut: // etcd checks the lease first
 			if l := v.RequestPut.Lease; l != 0 {
 				if _, ok := m.leases[l]; !ok {
 					return rpctypes.ErrGRPCLeaseNotFound
 				}
+			}
+			if (v.RequestPut.IgnoreValue || v.RequestPut.IgnoreLease) && m.at(string(v.RequestPut.Key), m.rev) == nil {
+				return rpctypes.ErrGRPCKeyNotFound
 			}
 		case *pb.RequestOp_RequestRange:
 			rv := v.RequestRange.Revision

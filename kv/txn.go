@@ -274,14 +274,15 @@ func (s *Store) checkTxn(rev int64, rt *pb.TxnRequest, path []bool) (int, error)
 				return 0, rpctypes.ErrGRPCCompacted
 			}
 		case *pb.RequestOp_RequestPut:
+			// etcd checks the lease before the key.
 			p := tv.RequestPut
-			if (p.IgnoreValue || p.IgnoreLease) && s.get(p.Key, rev) == nil {
-				return 0, rpctypes.ErrGRPCKeyNotFound
-			}
 			if p.Lease != 0 {
 				if _, ok := s.leases[p.Lease]; !ok {
 					return 0, rpctypes.ErrGRPCLeaseNotFound
 				}
+			}
+			if (p.IgnoreValue || p.IgnoreLease) && s.get(p.Key, rev) == nil {
+				return 0, rpctypes.ErrGRPCKeyNotFound
 			}
 		case *pb.RequestOp_RequestTxn:
 			n, err := s.checkTxn(rev, tv.RequestTxn, path[1:])
@@ -381,3 +382,23 @@ func (w *writeTxn) execTxn(rt *pb.TxnRequest, path []bool) (*pb.TxnResponse, int
 	}
 	return resp, txns, nil
 }
+
+// ValidateTxn runs the checks etcd's API layer runs on a Txn before it is
+// proposed, in etcd's order: the op-count limit and every op's own checks
+// over the whole tree, then the duplicate-key check of each branch.
+func ValidateTxn(r *pb.TxnRequest, maxTxnOps int) error {
+	if err := checkTxnRequest(r, maxTxnOps); err != nil {
+		return err
+	}
+	if _, _, err := checkIntervals(r.GetSuccess()); err != nil {
+		return err
+	}
+	_, _, err := checkIntervals(r.GetFailure())
+	return err
+}
+
+// ValidateRange, ValidatePut and ValidateDeleteRange run etcd's API-layer
+// checks on one request.
+func ValidateRange(r *pb.RangeRequest) error             { return checkRangeRequest(r) }
+func ValidatePut(r *pb.PutRequest) error                 { return checkPutRequest(r) }
+func ValidateDeleteRange(r *pb.DeleteRangeRequest) error { return checkDeleteRequest(r) }

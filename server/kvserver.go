@@ -4,8 +4,9 @@ import (
 	"bytes"
 	"context"
 
+	"github.com/ballotdb/ballot/kv"
+
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
 
 // kvServer is etcd's KV service.
@@ -56,6 +57,14 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
+	if k.s.cfg.Unsafe.EarlyAck {
+		go func() { // BROKEN ON PURPOSE: answer before the write commits
+			ctx, cancel := context.WithTimeout(context.Background(), k.s.requestTimeout())
+			defer cancel()
+			k.s.propose(ctx, &pb.InternalRaftRequest{Put: r})
+		}()
+		return &pb.PutResponse{Header: k.s.header(0)}, nil
+	}
 	resp, err := k.s.propose(ctx, &pb.InternalRaftRequest{Put: r})
 	if err != nil {
 		return nil, err
@@ -66,8 +75,8 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 }
 
 func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	if len(r.Key) == 0 {
-		return nil, rpctypes.ErrGRPCEmptyKey
+	if err := kv.ValidateDeleteRange(r); err != nil {
+		return nil, err
 	}
 	resp, err := k.s.propose(ctx, &pb.InternalRaftRequest{DeleteRange: r})
 	if err != nil {
@@ -114,151 +123,22 @@ func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Co
 	return out, nil
 }
 
-// fillTxnHeaders fills the Txn's header and, as etcd does, every nested
-// response's header with the same values.
+// fillTxnHeaders fills the Txn's own header as etcd does; the headers of
+// the responses inside it are the store's (etcd fills only the top one).
 func (s *Server) fillTxnHeaders(t *pb.TxnResponse) {
 	t.Header = s.fillHeader(t.Header)
-	for _, r := range t.Responses {
-		switch v := r.Response.(type) {
-		case *pb.ResponseOp_ResponseRange:
-			if v.ResponseRange != nil {
-				v.ResponseRange.Header = cloneHeader(t.Header)
-			}
-		case *pb.ResponseOp_ResponsePut:
-			if v.ResponsePut != nil {
-				v.ResponsePut.Header = cloneHeader(t.Header)
-			}
-		case *pb.ResponseOp_ResponseDeleteRange:
-			if v.ResponseDeleteRange != nil {
-				v.ResponseDeleteRange.Header = cloneHeader(t.Header)
-			}
-		case *pb.ResponseOp_ResponseTxn:
-			if v.ResponseTxn != nil {
-				v.ResponseTxn.Header = cloneHeader(t.Header)
-				s.fillTxnHeaders(v.ResponseTxn)
-			}
-		}
-	}
 }
 
-func cloneHeader(h *pb.ResponseHeader) *pb.ResponseHeader {
-	return &pb.ResponseHeader{ClusterId: h.ClusterId, MemberId: h.MemberId, Revision: h.Revision, RaftTerm: h.RaftTerm}
-}
-
-// Validation, as etcd's API layer does it before anything is proposed.
-
-func checkRange(r *pb.RangeRequest) error {
-	if len(r.Key) == 0 {
-		return rpctypes.ErrGRPCEmptyKey
-	}
-	if _, ok := pb.RangeRequest_SortOrder_name[int32(r.SortOrder)]; !ok {
-		return rpctypes.ErrGRPCInvalidSortOption
-	}
-	if _, ok := pb.RangeRequest_SortTarget_name[int32(r.SortTarget)]; !ok {
-		return rpctypes.ErrGRPCInvalidSortOption
-	}
-	return nil
-}
-
-func checkPut(r *pb.PutRequest) error {
-	if len(r.Key) == 0 {
-		return rpctypes.ErrGRPCEmptyKey
-	}
-	if r.IgnoreValue && len(r.Value) != 0 {
-		return rpctypes.ErrGRPCValueProvided
-	}
-	if r.IgnoreLease && r.Lease != 0 {
-		return rpctypes.ErrGRPCLeaseProvided
-	}
-	return nil
-}
-
+// Validation is etcd's API-layer validation, shared with the store (see
+// kv.ValidateTxn): anything refused here is refused before it is proposed.
+func checkRange(r *pb.RangeRequest) error { return kv.ValidateRange(r) }
+func checkPut(r *pb.PutRequest) error     { return kv.ValidatePut(r) }
 func checkTxn(r *pb.TxnRequest, maxOps int) error {
-	if len(r.Compare) > maxOps || len(r.Success) > maxOps || len(r.Failure) > maxOps {
-		return rpctypes.ErrGRPCTooManyOps
-	}
-	for _, c := range r.Compare {
-		if len(c.Key) == 0 {
-			return rpctypes.ErrGRPCEmptyKey
-		}
-	}
-	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
-		for _, op := range ops {
-			if err := checkOp(op, maxOps); err != nil {
-				return err
-			}
-		}
-	}
-	if _, err := checkDupPuts(r.Success, nil); err != nil {
-		return err
-	}
-	if _, err := checkDupPuts(r.Failure, nil); err != nil {
-		return err
-	}
-	return nil
+	return kv.ValidateTxn(r, maxOps)
 }
 
-func checkOp(op *pb.RequestOp, maxOps int) error {
-	switch v := op.Request.(type) {
-	case *pb.RequestOp_RequestRange:
-		return checkRange(v.RequestRange)
-	case *pb.RequestOp_RequestPut:
-		return checkPut(v.RequestPut)
-	case *pb.RequestOp_RequestDeleteRange:
-		if len(v.RequestDeleteRange.Key) == 0 {
-			return rpctypes.ErrGRPCEmptyKey
-		}
-	case *pb.RequestOp_RequestTxn:
-		return checkTxn(v.RequestTxn, maxOps)
-	default:
-		return rpctypes.ErrGRPCKeyNotFound
-	}
-	return nil
-}
-
-// checkDupPuts refuses a Txn branch that puts the same key twice, or puts
-// a key it also deletes, as etcd does (nested Txns included).
-func checkDupPuts(ops []*pb.RequestOp, seen map[string]bool) (map[string]bool, error) {
-	if seen == nil {
-		seen = map[string]bool{}
-	}
-	var dels []*pb.DeleteRangeRequest
-	for _, op := range ops {
-		switch v := op.Request.(type) {
-		case *pb.RequestOp_RequestPut:
-			k := string(v.RequestPut.Key)
-			if seen[k] {
-				return nil, rpctypes.ErrGRPCDuplicateKey
-			}
-			seen[k] = true
-		case *pb.RequestOp_RequestDeleteRange:
-			dels = append(dels, v.RequestDeleteRange)
-		case *pb.RequestOp_RequestTxn:
-			for _, branch := range [][]*pb.RequestOp{v.RequestTxn.Success, v.RequestTxn.Failure} {
-				sub := map[string]bool{}
-				for k := range seen {
-					sub[k] = true
-				}
-				got, err := checkDupPuts(branch, sub)
-				if err != nil {
-					return nil, err
-				}
-				for k := range got {
-					seen[k] = true
-				}
-			}
-		}
-	}
-	for _, d := range dels {
-		for k := range seen {
-			if inRange([]byte(k), d.Key, d.RangeEnd) {
-				return nil, rpctypes.ErrGRPCDuplicateKey
-			}
-		}
-	}
-	return seen, nil
-}
-
+// inRange reports whether k is in [key, end) with etcd's conventions: an
+// empty end is the single key, "\x00" means every key from key on.
 func inRange(k, key, end []byte) bool {
 	switch {
 	case len(end) == 0:

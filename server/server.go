@@ -89,6 +89,9 @@ type UnsafeKnobs struct {
 	// StaleReads serves linearizable reads from local state without a
 	// read barrier.
 	StaleReads bool
+	// EarlyAck acknowledges a Put as soon as it is handed to the engine,
+	// before it commits.
+	EarlyAck bool
 }
 
 // MemberIDFor derives a member ID from its name and the cluster token, as

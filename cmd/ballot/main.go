@@ -17,7 +17,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(simCommand(), serveCommand(), devCommand())
+	root.AddCommand(simCommand(), serveCommand(), devCommand(), chaosCommand())
 	root.AddCommand(clientCommands()...)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ballot:", err)

@@ -38,6 +38,7 @@ type serveFlags struct {
 	configFile     string
 	snapshotCount  uint64
 	unsafeStale    bool
+	unsafeEarlyAck bool
 }
 
 func serveCommand() *cobra.Command {
@@ -78,7 +79,9 @@ command line wins over the environment, which wins over the file.`,
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.StringVar(&f.configFile, "config", "", "JSON file of flag values")
 	fl.BoolVar(&f.unsafeStale, "unsafe-stale-reads", false, "BROKEN ON PURPOSE: serve linearizable reads without a read barrier (for the chaos rig's self-test)")
+	fl.BoolVar(&f.unsafeEarlyAck, "unsafe-early-ack", false, "BROKEN ON PURPOSE: acknowledge writes before they commit (for the chaos rig's self-test)")
 	_ = fl.MarkHidden("unsafe-stale-reads")
+	_ = fl.MarkHidden("unsafe-early-ack")
 	return cmd
 }
 
@@ -208,7 +211,7 @@ func runServe(ctx context.Context, f serveFlags) error {
 		Name: f.name, ClusterToken: f.clusterToken, InitialCluster: initial, Join: join,
 		DataDir: f.dataDir, ClientListener: cl, PeerListener: pl,
 		TickInterval: f.tick, ElectionTicks: f.electionTicks, SnapshotEntries: f.snapshotCount,
-		Logger: log, Unsafe: server.UnsafeKnobs{StaleReads: f.unsafeStale},
+		Logger: log, Unsafe: server.UnsafeKnobs{StaleReads: f.unsafeStale, EarlyAck: f.unsafeEarlyAck},
 	})
 	if err != nil {
 		pl.Close()

@@ -1,0 +1,173 @@
+package chaos
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// ballotBinary builds the ballot binary once per test binary.
+func ballotBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Dir(filepath.Dir(file))
+		dir, err := os.MkdirTemp("", "ballot-chaos-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath, binErr = BuildBinary(root, dir)
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+func soak() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("BALLOT_CHAOS_TIME")); err == nil {
+		return d
+	}
+	return 15 * time.Second
+}
+
+// TestChaosProcesses runs three real ballot processes under every nemesis
+// and expects no violation.
+func TestChaosProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos round skipped in -short mode")
+	}
+	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Nemeses: AllNemeses,
+		Binary: ballotBinary(t), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + rep.Summary())
+	if rep.HasViolations() {
+		t.Fatalf("violations:\n%s", strings.Join(rep.Violations, "\n"))
+	}
+	if rep.OK < 500 || rep.SetAcked < 100 || rep.WatchEvents < 100 {
+		t.Fatalf("too little happened to prove anything: %d ok register ops, %d set adds, %d watch events", rep.OK, rep.SetAcked, rep.WatchEvents)
+	}
+	faults := 0
+	for k, v := range rep.Faults {
+		if k != "heal" {
+			faults += v
+		}
+	}
+	if faults < 3 {
+		t.Fatalf("only %d faults injected", faults)
+	}
+}
+
+// brokenRound runs rounds of a deliberately broken build under partitions
+// until the checkers report a violation (at most three rounds: whether a
+// fault lines up with an operation is a matter of timing).
+func brokenRound(t *testing.T, unsafe string) *Report {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("chaos round skipped in -short mode")
+	}
+	for round := range 3 {
+		rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Nemeses: []string{NemesisPartition},
+			Seed: uint64(round + 1), Binary: ballotBinary(t), Unsafe: []string{unsafe}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.HasViolations() {
+			t.Logf("round %d caught the broken build:\n%s", round, rep.Summary())
+			os.RemoveAll(rep.Dir)
+			return rep
+		}
+		t.Logf("round %d: no violation yet:\n%s", round, rep.Summary())
+	}
+	t.Fatalf("three rounds of the %s build and the checkers saw nothing", unsafe)
+	return nil
+}
+
+// TestCatchesStaleReads: reads served from a member's local state while
+// called linearizable are caught by the linearizability checker.
+func TestCatchesStaleReads(t *testing.T) {
+	rep := brokenRound(t, "stale-reads")
+	if !strings.Contains(strings.Join(rep.Violations, "\n"), "linearizability") {
+		t.Fatalf("caught, but not as a linearizability violation: %v", rep.Violations)
+	}
+}
+
+// TestCatchesEarlyAck: writes acknowledged before they commit are caught
+// (lost set adds, or a non-linearizable register history).
+func TestCatchesEarlyAck(t *testing.T) {
+	brokenRound(t, "early-ack")
+}
+
+func op(client int, call, ret int64, in regInput, out regOutput) porcupine.Operation {
+	return porcupine.Operation{ClientId: client, Call: call, Return: ret, Input: in, Output: out}
+}
+
+// TestRegisterModelBites: the model refuses a stale read and a wrong CAS,
+// accepts a write whose outcome was unknown taking effect late or never.
+func TestRegisterModelBites(t *testing.T) {
+	put := regInput{kind: opPut, key: "k", value: "1"}
+	get := regInput{kind: opGet, key: "k"}
+	stale := []porcupine.Operation{
+		op(0, 0, 10, put, regOutput{}),
+		op(1, 20, 30, get, regOutput{}), // absent after the put completed
+	}
+	if ok, _, _ := checkRegister(stale, time.Second, ""); ok {
+		t.Fatal("a read missing a completed write passed")
+	}
+	cas := []porcupine.Operation{
+		op(0, 0, 10, put, regOutput{}),
+		op(1, 20, 30, regInput{kind: opCAS, key: "k", expected: "1", value: "2"}, regOutput{ok: false}),
+	}
+	if ok, _, _ := checkRegister(cas, time.Second, ""); ok {
+		t.Fatal("a CAS that failed although its compare held passed")
+	}
+	unknown := []porcupine.Operation{
+		op(0, 0, unknownReturn, put, regOutput{unknown: true}),
+		op(1, 20, 30, get, regOutput{}),
+		op(1, 40, 50, get, regOutput{exists: true, value: "1"}),
+	}
+	if ok, detail, _ := checkRegister(unknown, time.Second, ""); !ok {
+		t.Fatalf("an unknown write taking effect late was refused: %s", detail)
+	}
+}
+
+// TestWatchCheckerBites: a gap, a repeat and a wrong final state are each
+// reported.
+func TestWatchCheckerBites(t *testing.T) {
+	ev := func(rev int64, key, val string) *mvccpb.Event {
+		return &mvccpb.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte(key), Value: []byte(val), ModRevision: rev}}
+	}
+	full := &watchRecorder{member: 0, events: []*mvccpb.Event{ev(2, "a", "1"), ev(3, "b", "1"), ev(4, "a", "2")}}
+	final := map[string]string{"a": "2", "b": "1"}
+	if p := checkWatches([]*watchRecorder{full}, final, 4); len(p) != 0 {
+		t.Fatalf("a complete watch was refused: %v", p)
+	}
+	gap := &watchRecorder{member: 1, events: []*mvccpb.Event{ev(2, "a", "1"), ev(4, "a", "2")}}
+	if p := checkWatches([]*watchRecorder{full, gap}, final, 4); len(p) == 0 {
+		t.Fatal("a watcher that skipped an event passed")
+	}
+	dup := &watchRecorder{member: 1, events: []*mvccpb.Event{ev(2, "a", "1"), ev(2, "a", "1")}}
+	if p := checkWatches([]*watchRecorder{full, dup}, final, 4); len(p) == 0 {
+		t.Fatal("a watcher that saw an event twice passed")
+	}
+	if p := checkWatches([]*watchRecorder{full}, map[string]string{"a": "3", "b": "1"}, 4); len(p) == 0 {
+		t.Fatal("a watch whose replay differs from the final state passed")
+	}
+}

@@ -1,0 +1,40 @@
+// Package chaos is ballot's answer to Jepsen: it runs real ballot
+// processes, injects faults with a seeded nemesis, records what concurrent
+// clients were told, and checks it.
+//
+// # What runs
+//
+// A cluster of `ballot serve` processes on loopback. Peer traffic between
+// every ordered pair of members passes through a proxy, so any direction of
+// any link can be cut (ballot's peer connections are one-way: each member
+// dials the others for what it sends).
+//
+// # Nemesis
+//
+// One fault at a time, on a schedule drawn from the seed: kill -9 a member
+// (half the time the leader) and restart it on its data directory; SIGSTOP
+// a member for longer than an election timeout, then SIGCONT; partitions —
+// isolate the leader, split a majority from a minority, two halves bridged
+// by one member, or one-way loss where a member hears no one.
+//
+// # Workloads and checks
+//
+//   - register: clients pinned to members do reads, writes, compare-and-
+//     swaps and deletes on a few keys (fresh keys every five seconds, so each
+//     key's history stays short); the history is checked with porcupine
+//     against a per-key register model. A write whose outcome is unknown may
+//     take effect at any time after its call; a porcupine Unknown (checker
+//     timeout) is a failure, not a pass. A failing history is saved with
+//     porcupine's HTML visualization and the nemesis schedule.
+//   - set: unique keys added throughout; every acknowledged add must be
+//     present once all faults heal.
+//   - watch: one watcher per member from revision 1; events must never go
+//     back or repeat, every watcher's sequence must be a prefix of the
+//     longest, and replaying it must give the final state.
+//   - no member may exit except by the nemesis.
+//
+// The checkers bite: Options.Unsafe switches on deliberately broken builds
+// (stale-reads: linearizable reads served from local state; early-ack:
+// writes acknowledged before they commit), and the tests show each is
+// caught.
+package chaos
