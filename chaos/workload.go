@@ -29,9 +29,9 @@ func newClient(endpoints []string) (*clientv3.Client, error) {
 
 // recorder collects the register history with times relative to start.
 type recorder struct {
-	start time.Time
-	mu    sync.Mutex
-	ops   []porcupine.Operation
+	start               time.Time
+	mu                  sync.Mutex
+	ops                 []porcupine.Operation
 	ok, failed, unknown atomic.Int64
 }
 
