@@ -298,6 +298,9 @@ func TestTxnFailsMidwayIsUndone(t *testing.T) {
 		{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("c"), IgnoreValue: true}}},
 	}})
 	wantErr(t, err, rpctypes.ErrGRPCKeyNotFound)
+	if !bytes.Equal(before, snapshotBytes(t, s)) || calls != 0 {
+		t.Fatal("a txn refused by its pre-check changed the state")
+	}
 	// c did not exist before: the pre-check catches that. Now a key that
 	// existed before but is deleted by the "\x00" delete.
 	mustPut(t, s, "c", "1") // 4

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -419,14 +418,4 @@ func (s *Server) toGRPC(ctx context.Context, err error) error {
 	}
 	s.log.Warn("request failed", "err", err)
 	return rpctypes.ErrGRPCUnhealthy
-}
-
-// endpointsString renders the initial cluster for logs.
-func endpointsString(m map[string]string) string {
-	var parts []string
-	for k, v := range m {
-		parts = append(parts, k+"="+v)
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, ",")
 }
