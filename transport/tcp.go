@@ -20,7 +20,7 @@ import (
 
 const (
 	magic         = "BLT1"
-	wireVersion   = 1
+	wireVersion   = 2
 	streamMsgs    = 0
 	streamSnap    = 1
 	handshakeSize = 4 + 1 + 1 + 8 + 8 + 8
@@ -48,6 +48,9 @@ type Config struct {
 	SnapshotQueueLen int
 	// MaxFrameBytes bounds one frame. Default 64 MiB.
 	MaxFrameBytes int
+	// SnapshotChunkBytes is how much snapshot data one frame of the
+	// snapshot stream carries. Default 1 MiB.
+	SnapshotChunkBytes int
 	// DialTimeout bounds connecting and the handshake. Default 2 s.
 	DialTimeout time.Duration
 	// WriteTimeout bounds writing one frame. Default 5 s (snapshots: 20×).
@@ -76,6 +79,12 @@ func (c *Config) defaults() error {
 	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = 64 << 20
+	}
+	if c.SnapshotChunkBytes == 0 {
+		c.SnapshotChunkBytes = 1 << 20
+	}
+	if c.SnapshotChunkBytes > c.MaxFrameBytes/2 {
+		return fmt.Errorf("transport: Config.SnapshotChunkBytes (%d) must be at most half of MaxFrameBytes (%d)", c.SnapshotChunkBytes, c.MaxFrameBytes)
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 2 * time.Second
@@ -112,6 +121,12 @@ type TCP struct {
 	peers   map[consensus.NodeID]*peer
 	inbound map[net.Conn]struct{}
 	closed  bool
+	// partial holds, per peer, the snapshot being received: kept across
+	// broken connections so the sender can resume where it stopped.
+	partial map[consensus.NodeID]*partialSnap
+	// snapIn is each peer's current inbound snapshot connection and a
+	// channel closed when its reader has stopped.
+	snapIn map[consensus.NodeID]*snapReader
 
 	sent, received, dropped, refused atomic.Uint64
 }
@@ -131,7 +146,8 @@ func NewTCP(cfg Config) (*TCP, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &TCP{cfg: cfg, ln: cfg.Listener, ctx: ctx, cancel: cancel,
-		peers: map[consensus.NodeID]*peer{}, inbound: map[net.Conn]struct{}{}}
+		peers: map[consensus.NodeID]*peer{}, inbound: map[net.Conn]struct{}{},
+		partial: map[consensus.NodeID]*partialSnap{}, snapIn: map[consensus.NodeID]*snapReader{}}
 	if cfg.TLS != nil {
 		t.ln = tls.NewListener(cfg.Listener, cfg.TLS.serverConfig())
 	}
@@ -177,6 +193,7 @@ func (t *TCP) RemovePeer(id consensus.NodeID) {
 		p.cancel()
 		delete(t.peers, id)
 	}
+	delete(t.partial, id)
 }
 
 // Send queues msgs; a message for an unknown peer or a full queue is dropped,
@@ -223,6 +240,7 @@ func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consen
 	defer t.wg.Done()
 	var conn net.Conn
 	var bw *bufio.Writer
+	var resume snapKey // what the peer already holds (snapshot stream)
 	defer func() {
 		if conn != nil {
 			conn.Close()
@@ -258,7 +276,7 @@ func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consen
 				}
 				continue
 			}
-			c, err := t.dial(ctx, p, stream)
+			c, rs, err := t.dial(ctx, p, stream)
 			if err != nil {
 				t.cfg.Logger.Debug("dial failed", "peer", p.id, "stream", stream, "err", err)
 				for _, m := range batch {
@@ -269,15 +287,24 @@ func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consen
 				backoff = min(backoff*2, t.cfg.BackoffMax)
 				continue
 			}
-			conn, bw = c, bufio.NewWriterSize(c, 64<<10)
+			conn, bw, resume = c, bufio.NewWriterSize(c, 64<<10), rs
 			backoff = t.cfg.BackoffMin
 		}
-		buf = encodeFrame(buf[:0], batch)
-		timeout := t.cfg.WriteTimeout
 		if stream == streamSnap {
-			timeout *= 20
+			var err error
+			if resume, err = t.sendSnapshot(conn, bw, batch[0], resume); err != nil {
+				t.cfg.Logger.Debug("snapshot send failed", "peer", p.id, "err", err)
+				conn.Close()
+				conn = nil
+				t.drop(batch[0], "write failed")
+				continue
+			}
+			t.sent.Add(1)
+			t.cfg.Handler.SnapshotStatus(batch[0].To, true)
+			continue
 		}
-		conn.SetWriteDeadline(time.Now().Add(timeout))
+		buf = encodeFrame(buf[:0], batch)
+		conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout))
 		_, err := bw.Write(buf)
 		if err == nil {
 			err = bw.Flush()
@@ -292,11 +319,6 @@ func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consen
 			continue
 		}
 		t.sent.Add(uint64(len(batch)))
-		if stream == streamSnap {
-			for _, m := range batch {
-				t.cfg.Handler.SnapshotStatus(m.To, true)
-			}
-		}
 	}
 }
 
@@ -319,20 +341,21 @@ func encodeFrame(buf []byte, batch []consensus.Message) []byte {
 	return buf
 }
 
-func (t *TCP) dial(ctx context.Context, p *peer, stream byte) (net.Conn, error) {
+func (t *TCP) dial(ctx context.Context, p *peer, stream byte) (net.Conn, snapKey, error) {
 	addr, _ := p.addr.Load().(string)
 	dctx, cancel := context.WithTimeout(ctx, t.cfg.DialTimeout)
 	defer cancel()
 	var d net.Dialer
+	var none snapKey
 	c, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, none, err
 	}
 	if t.cfg.TLS != nil {
 		tc := tls.Client(c, t.cfg.TLS.clientConfig())
 		if err := tc.HandshakeContext(dctx); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+			return nil, none, fmt.Errorf("tls handshake with %s: %w", addr, err)
 		}
 		c = tc
 	}
@@ -346,19 +369,29 @@ func (t *TCP) dial(ctx context.Context, p *peer, stream byte) (net.Conn, error) 
 	binary.LittleEndian.PutUint64(hs[22:], uint64(p.id))
 	if _, err := c.Write(hs[:]); err != nil {
 		c.Close()
-		return nil, err
+		return nil, none, err
 	}
 	var ack [1]byte
 	if _, err := io.ReadFull(c, ack[:]); err != nil {
 		c.Close()
-		return nil, err
+		return nil, none, err
 	}
 	if ack[0] != ackOK {
 		c.Close()
-		return nil, fmt.Errorf("%w: %s refused us (code %d)", ErrRefused, addr, ack[0])
+		return nil, none, fmt.Errorf("%w: %s refused us (code %d)", ErrRefused, addr, ack[0])
+	}
+	var resume snapKey
+	if stream == streamSnap {
+		var rb [24]byte
+		if _, err := io.ReadFull(c, rb[:]); err != nil {
+			c.Close()
+			return nil, none, err
+		}
+		resume = snapKey{index: binary.LittleEndian.Uint64(rb[0:]), epoch: binary.LittleEndian.Uint64(rb[8:]),
+			have: binary.LittleEndian.Uint64(rb[16:])}
 	}
 	c.SetDeadline(time.Time{})
-	return c, nil
+	return c, resume, nil
 }
 
 func (t *TCP) acceptLoop() {
@@ -426,6 +459,46 @@ func (t *TCP) readLoop(c net.Conn) {
 			"cluster", binary.LittleEndian.Uint64(hs[6:]), "code", code)
 		return
 	}
+	stream := hs[5]
+	if stream == streamSnap {
+		// A new snapshot connection replaces the peer's old one: let the
+		// old reader stop first, so what we say we hold is all we got.
+		me := &snapReader{conn: c, done: make(chan struct{})}
+		defer close(me.done)
+		t.mu.Lock()
+		old := t.snapIn[from]
+		t.snapIn[from] = me
+		t.mu.Unlock()
+		if old != nil {
+			// Let it drain what it has buffered (a broken connection
+			// ends on its own); close it if it does not.
+			select {
+			case <-old.done:
+			case <-time.After(t.cfg.DialTimeout):
+				old.conn.Close()
+				<-old.done
+			}
+		}
+		defer func() {
+			t.mu.Lock()
+			if t.snapIn[from] == me {
+				delete(t.snapIn, from)
+			}
+			t.mu.Unlock()
+		}()
+		// Tell the sender what we already hold, so it resumes there.
+		var rb [24]byte
+		t.mu.Lock()
+		if ps := t.partial[from]; ps != nil {
+			binary.LittleEndian.PutUint64(rb[0:], ps.key.index)
+			binary.LittleEndian.PutUint64(rb[8:], ps.key.epoch)
+			binary.LittleEndian.PutUint64(rb[16:], uint64(len(ps.data)))
+		}
+		t.mu.Unlock()
+		if _, err := c.Write(rb[:]); err != nil {
+			return
+		}
+	}
 	c.SetReadDeadline(time.Time{})
 	br := bufio.NewReaderSize(c, 64<<10)
 	var frame []byte
@@ -445,6 +518,18 @@ func (t *TCP) readLoop(c net.Conn) {
 		frame = frame[:n]
 		if _, err := io.ReadFull(br, frame); err != nil {
 			return
+		}
+		if stream == streamSnap {
+			m, done, err := t.receiveChunk(from, frame)
+			if err != nil {
+				t.cfg.Logger.Warn("bad snapshot chunk", "peer", from, "err", err)
+				return
+			}
+			if done {
+				t.received.Add(1)
+				t.cfg.Handler.Receive(m)
+			}
+			continue
 		}
 		msgs, err := decodeFrame(frame)
 		if err != nil {
@@ -501,4 +586,140 @@ func (t *TCP) Close() error {
 	err := t.ln.Close()
 	t.wg.Wait()
 	return err
+}
+
+// Snapshot stream (wire version 2). A snapshot travels as a sequence of
+// frames, each carrying the MsgSnap without its data, the data's total
+// length, an offset and the next chunk of data:
+//
+//	| length (4B, LE) | header length (uvarint) | MsgSnap without data | total (uvarint) | offset (uvarint) | chunk |
+//
+// The receiver keeps what it has of each peer's snapshot across broken
+// connections. When the sender connects the snapshot stream, the receiver
+// answers the handshake with what it holds (snapshot index, epoch, bytes),
+// and a sender sending that same snapshot starts from there. So a large
+// snapshot is never held in one frame, and a connection broken half way
+// through does not send it again from the start.
+
+// snapKey names a snapshot and how much of it the receiver holds.
+type snapKey struct {
+	index, epoch, have uint64
+}
+
+// snapReader is a peer's inbound snapshot connection.
+type snapReader struct {
+	conn net.Conn
+	done chan struct{}
+}
+
+// partialSnap is a snapshot being received from one peer.
+type partialSnap struct {
+	key   snapKey // have unused
+	total uint64
+	data  []byte
+}
+
+// sendSnapshot writes m's snapshot in chunks, starting where the receiver
+// said it holds this snapshot up to. It returns what the receiver holds
+// afterwards.
+func (t *TCP) sendSnapshot(conn net.Conn, bw *bufio.Writer, m consensus.Message, resume snapKey) (snapKey, error) {
+	if m.Snapshot == nil {
+		return resume, errors.New("transport: MsgSnap without a snapshot")
+	}
+	data := m.Snapshot.Data
+	hdr := m
+	snap := *m.Snapshot
+	snap.Data = nil
+	hdr.Snapshot = &snap
+	header := consensus.AppendMessage(nil, &hdr)
+	key := snapKey{index: snap.Meta.Index, epoch: snap.Meta.Epoch}
+	off := uint64(0)
+	if resume.index == key.index && resume.epoch == key.epoch && resume.have <= uint64(len(data)) {
+		off = resume.have
+		if off > 0 {
+			t.cfg.Logger.Info("resuming snapshot", "peer", m.To, "index", key.index, "offset", off, "bytes", len(data))
+		}
+	}
+	chunk := uint64(t.cfg.SnapshotChunkBytes)
+	var buf []byte
+	for {
+		end := min(off+chunk, uint64(len(data)))
+		buf = append(buf[:0], 0, 0, 0, 0)
+		buf = binary.AppendUvarint(buf, uint64(len(header)))
+		buf = append(buf, header...)
+		buf = binary.AppendUvarint(buf, uint64(len(data)))
+		buf = binary.AppendUvarint(buf, off)
+		buf = append(buf, data[off:end]...)
+		binary.LittleEndian.PutUint32(buf, uint32(len(buf)-4))
+		conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout))
+		if _, err := bw.Write(buf); err != nil {
+			return key, err
+		}
+		if err := bw.Flush(); err != nil {
+			return key, err
+		}
+		off = end
+		key.have = off
+		if off == uint64(len(data)) {
+			return snapKey{}, nil // delivered: the receiver holds no partial
+		}
+	}
+}
+
+// receiveChunk adds one chunk from peer from; done is true, with the whole
+// message, once the snapshot is complete.
+func (t *TCP) receiveChunk(from consensus.NodeID, frame []byte) (consensus.Message, bool, error) {
+	var m consensus.Message
+	hl, k := binary.Uvarint(frame)
+	if k <= 0 || hl > uint64(len(frame)-k) {
+		return m, false, fmt.Errorf("%w: bad snapshot chunk header length", consensus.ErrCorrupt)
+	}
+	m, err := consensus.UnmarshalMessage(frame[k : k+int(hl)])
+	if err != nil {
+		return m, false, err
+	}
+	rest := frame[k+int(hl):]
+	total, k1 := binary.Uvarint(rest)
+	if k1 <= 0 {
+		return m, false, fmt.Errorf("%w: bad snapshot chunk total", consensus.ErrCorrupt)
+	}
+	off, k2 := binary.Uvarint(rest[k1:])
+	if k2 <= 0 {
+		return m, false, fmt.Errorf("%w: bad snapshot chunk offset", consensus.ErrCorrupt)
+	}
+	chunk := rest[k1+k2:]
+	if m.From != from || m.Type != consensus.MsgSnap || m.Snapshot == nil {
+		return m, false, fmt.Errorf("snapshot stream carried %s from %d", m.Type, m.From)
+	}
+	if off+uint64(len(chunk)) > total {
+		return m, false, fmt.Errorf("%w: snapshot chunk past its end (%d+%d > %d)", consensus.ErrCorrupt, off, len(chunk), total)
+	}
+	key := snapKey{index: m.Snapshot.Meta.Index, epoch: m.Snapshot.Meta.Epoch}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ps := t.partial[from]
+	if ps == nil || ps.key != key || ps.total != total {
+		if off != 0 {
+			delete(t.partial, from)
+			return m, false, fmt.Errorf("snapshot %d chunk at %d, but nothing of it is held", key.index, off)
+		}
+		ps = &partialSnap{key: key, total: total, data: make([]byte, 0, min(total, 64<<20))}
+		t.partial[from] = ps
+	}
+	// A chunk may overlap what is held: the reader of a broken connection
+	// can still be adding the chunks it had buffered when the sender's new
+	// connection is told how much is held. The bytes are the same snapshot's.
+	have := uint64(len(ps.data))
+	if off > have {
+		return m, false, fmt.Errorf("snapshot %d chunk at %d, but only %d bytes are held", key.index, off, have)
+	}
+	if skip := have - off; skip < uint64(len(chunk)) {
+		ps.data = append(ps.data, chunk[skip:]...)
+	}
+	if uint64(len(ps.data)) < total {
+		return m, false, nil
+	}
+	delete(t.partial, from)
+	m.Snapshot.Data = ps.data
+	return m, true, nil
 }

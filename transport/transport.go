@@ -2,7 +2,7 @@
 // It knows no protocol: it frames, batches and delivers consensus.Messages,
 // and reports peers it cannot reach.
 //
-// # Wire format (version 1)
+// # Wire format (version 2)
 //
 // A connection starts with a handshake from the dialer:
 //
@@ -17,8 +17,11 @@
 // Connections are one-way: each node dials each peer for what it sends, so a
 // node has one outbound connection per peer per stream and accepts one
 // inbound per peer per stream. Stream 0 carries ordinary messages; stream 1
-// carries snapshots (MsgSnap with its data), so a large snapshot never
-// delays heartbeats.
+// carries snapshots, so a large snapshot never delays heartbeats. On stream
+// 1 a snapshot travels in chunks (Config.SnapshotChunkBytes each, so no
+// snapshot is bounded by MaxFrameBytes), and the receiver's handshake
+// answer says how much of which snapshot it already holds, so a transfer
+// broken half way resumes where it stopped (see sendSnapshot in tcp.go).
 //
 // # Limits and failure
 //
