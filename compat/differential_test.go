@@ -33,50 +33,16 @@ import (
 // Known differences between ballot and etcd 3.7.3, excluded so that the
 // rest of the run can still find new ones. Each entry is a place where
 // ballot answers differently from etcd; remove it once ballot is fixed.
-// Entries marked DELIBERATE are departures that kv/doc.go documents as
-// intended; they stay here so that the run still shows them (counted) and
-// so that dropping the exclusion shows what they change. Each run logs how
-// often each entry applied; BALLOT_DIFF_NOSKIP=name,... (or all) turns
-// entries off.
+// Both lists are empty now: every difference the test found was fixed in
+// ballot. They stay for the next one, which is excluded here by name with a
+// comment saying why, and counted in every run's log;
+// BALLOT_DIFF_NOSKIP=name,... (or all) turns entries off.
 //
 // diffSkip lists classes of generated requests that are NOT sent. The
 // generator still draws from the random source for a skipped request, so
 // the rest of the sequence does not depend on this list (but etcd's state,
 // which steers the generator, does).
-var diffSkip = map[string]string{
-	// kv/txn.go checkTxn fails a range with revision < compactRev; before
-	// the first compaction ballot's compactRev is 0 and etcd's
-	// compactMainRev is -1, so a txn range at revision -1 succeeds on etcd
-	// (read at the current revision) and fails with "required revision
-	// has been compacted" on ballot. (A consequence of the DELIBERATE
-	// "fresh store's CompactRev is 0" in kv/doc.go, which does not mention
-	// this effect.)
-	"txn-range-negative-rev": "ballot fails a txn range at revision -1 before any compaction",
-	// DELIBERATE (kv/doc.go). Same cause: kv/compact.go refuses a
-	// compaction at revision <= compactRev (0 before any compaction) with
-	// "required revision has been compacted"; etcd refuses rev <=
-	// compactMainRev (-1 before any compaction), so Compact(0) as the
-	// first compaction succeeds on etcd (and sets its compactMainRev to 0).
-	"compact-zero-first": "ballot refuses Compact(0) before any compaction; etcd accepts it",
-	// etcd 3.7.3 answers keys_only (with a sort target other than VALUE)
-	// from its in-memory index (mvcc RangeOptions.FastKeysOnly), whose
-	// KeyValues carry no lease; ballot (kv/range.go execRange) clears only
-	// the value, so a key attached to a lease shows lease != 0.
-	"get-keys-only-fast": "ballot keeps the lease in keys_only results; etcd 3.7.3 drops it",
-	// DELIBERATE (kv/doc.go). With a sort target other than KEY, sort
-	// order NONE (which sorts ascending) and a limit, etcd fetches only the
-	// first limit+1 keys in key order and sorts those (rangeLimit looks at
-	// the order as given); ballot (kv/range.go execRange, effectiveOrder)
-	// sorts the whole range and then cuts, so it returns different keys.
-	"get-sort-none-limit": "ballot sorts the whole range for target!=KEY, order NONE, limit; etcd only limit+1 keys",
-	// DELIBERATE (kv/doc.go). etcd sorts with sort.Sort, which is not
-	// stable for more than 12 elements (pdqsort), so keys with equal sort
-	// values come out in an order that is not key order; ballot
-	// (kv/range.go sortKVs) sorts stably (ties in key order). Requests that
-	// may sort more than 12 keys by a target other than KEY are skipped
-	// (their keys are counted on etcd first).
-	"get-sort-over-12": "ballot breaks sort ties by key; etcd's unstable sort.Sort does not for >12 keys",
-}
+var diffSkip = map[string]string{}
 
 // diffMask lists parts of responses that are not compared. A masked part
 // that differed is counted and logged.

@@ -49,8 +49,9 @@
 // order); a Txn whose put with ignore_value/ignore_lease finds its key
 // deleted by an earlier "\x00" delete of the same txn is undone and fails
 // with ErrGRPCKeyNotFound (etcd panics); Compaction keeps tombstones
-// written exactly at the compaction revision (see Store.Compact), and a
-// fresh store's CompactRev is 0, so compacting at revision <= 0 fails.
+// written exactly at the compaction revision (see Store.Compact). As in
+// etcd, a fresh store's CompactRev is -1, so a first compaction at revision
+// 0 is accepted, and keys-only ranges not sorted by value carry no lease.
 //
 // # Apply results
 //

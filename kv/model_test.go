@@ -32,7 +32,7 @@ type model struct {
 }
 
 func newModel() *model {
-	return &model{hist: map[string][]mVersion{}, rev: 1, leases: map[int64]int64{}}
+	return &model{hist: map[string][]mVersion{}, rev: 1, compact: -1, leases: map[int64]int64{}}
 }
 
 func (m *model) at(k string, rev int64) *mvccpb.KeyValue {
@@ -182,13 +182,23 @@ func (m *model) rangeAt(r *pb.RangeRequest, cur int64) (*pb.RangeResponse, error
 			return x.(string) < b.(string)
 		}
 	}
+	// etcd fetches only limit+1 keys (in key order) when the order as
+	// given is NONE (or KEY ASCEND) and no revision filter is set, then
+	// sorts those.
+	if r.Limit > 0 && (r.SortOrder == pb.RangeRequest_NONE || (r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND)) &&
+		r.MinModRevision == 0 && r.MaxModRevision == 0 && r.MinCreateRevision == 0 && r.MaxCreateRevision == 0 &&
+		int64(len(keep)) > r.Limit+1 {
+		keep = keep[:r.Limit+1]
+	}
+	// etcd sorts with sort.Sort (not stable): ties come out in its order.
+	asc := func(i, j int) bool { return less(field(keep[i]), field(keep[j])) }
 	switch {
 	case r.SortOrder == pb.RangeRequest_DESCEND && r.SortTarget == pb.RangeRequest_KEY:
 		slices.Reverse(keep)
 	case r.SortOrder == pb.RangeRequest_DESCEND:
-		sort.SliceStable(keep, func(i, j int) bool { return less(field(keep[j]), field(keep[i])) })
+		sort.Sort(sort.Reverse(lessSorter{keep, asc}))
 	case r.SortOrder == pb.RangeRequest_ASCEND || r.SortTarget != pb.RangeRequest_KEY:
-		sort.SliceStable(keep, func(i, j int) bool { return less(field(keep[i]), field(keep[j])) })
+		sort.Sort(lessSorter{keep, asc})
 	}
 	if r.Limit > 0 && int64(len(keep)) > r.Limit {
 		keep = keep[:r.Limit]
@@ -197,6 +207,9 @@ func (m *model) rangeAt(r *pb.RangeRequest, cur int64) (*pb.RangeResponse, error
 	for _, kv := range keep {
 		if r.KeysOnly {
 			kv.Value = nil
+			if r.SortTarget != pb.RangeRequest_VALUE {
+				kv.Lease = 0 // etcd serves these from its index
+			}
 		}
 	}
 	resp.Kvs = keep
@@ -764,3 +777,13 @@ func compareFull(t *testing.T, seed int64, step int, s *Store, m *model, modelEv
 		}
 	}
 }
+
+// lessSorter sorts kvs with a less over their indices.
+type lessSorter struct {
+	kvs  []*mvccpb.KeyValue
+	less func(i, j int) bool
+}
+
+func (s lessSorter) Len() int           { return len(s.kvs) }
+func (s lessSorter) Swap(i, j int)      { s.kvs[i], s.kvs[j] = s.kvs[j], s.kvs[i] }
+func (s lessSorter) Less(i, j int) bool { return s.less(i, j) }

@@ -2,9 +2,9 @@ package kv
 
 import (
 	"bytes"
-	"cmp"
 	"math"
 	"slices"
+	"sort"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -75,12 +75,11 @@ func (s *Store) rangeKeys(sp span, curRev, atRev int64, limit int64, countOnly b
 
 // execRange is etcd's executeRange against a view at curRev.
 func (s *Store) execRange(r *pb.RangeRequest, curRev int64) (*pb.RangeResponse, error) {
-	// etcd decides whether to fetch everything from the order as given,
-	// so with a non-KEY target, order NONE and a limit it sorts only the
-	// first limit+1 keys (in key order). kv normalizes the order first
-	// and sorts the whole range, as the API describes.
+	// As etcd: whether to fetch everything is decided from the order as
+	// given, so with a non-KEY target, order NONE and a limit only the
+	// first limit+1 keys (in key order) are fetched, then sorted.
 	limit := r.Limit
-	if !isDefaultOrdering(r.SortTarget, effectiveOrder(r.SortTarget, r.SortOrder)) || hasRevisionFilters(r) {
+	if !isDefaultOrdering(r.SortTarget, r.SortOrder) || hasRevisionFilters(r) {
 		limit = 0
 	}
 	if limit > 0 && limit < math.MaxInt64 {
@@ -114,8 +113,14 @@ func (s *Store) execRange(r *pb.RangeRequest, curRev int64) (*pb.RangeResponse, 
 		resp.More = true
 	}
 	if r.KeysOnly {
+		// As etcd: unless sorting by value, keys-only ranges are served
+		// from its index, whose entries carry no value and no lease.
+		fast := r.SortTarget != pb.RangeRequest_VALUE
 		for _, kv := range kvs {
 			kv.Value = nil
+			if fast {
+				kv.Lease = 0
+			}
 		}
 	}
 	resp.Kvs = kvs
@@ -145,33 +150,42 @@ func hasRevisionFilters(r *pb.RangeRequest) bool {
 
 // sortKVs applies etcd's sort rules to kvs, which arrive in ascending key
 // order: order NONE with a target other than KEY means ASCEND; KEY with
-// NONE or ASCEND keeps key order. Ties keep key order (a stable sort), so
-// the result is deterministic.
+// NONE or ASCEND keeps key order. It sorts exactly as etcd does (sort.Sort
+// with etcd's comparisons), so ties come out in the same order as etcd's,
+// and deterministically for a given Go version.
 func sortKVs(kvs []*mvccpb.KeyValue, t pb.RangeRequest_SortTarget, o pb.RangeRequest_SortOrder) {
 	o = effectiveOrder(t, o)
 	if isDefaultOrdering(t, o) {
 		return
 	}
-	if t == pb.RangeRequest_KEY && o == pb.RangeRequest_DESCEND {
-		slices.Reverse(kvs)
-		return
-	}
-	var c func(a, b *mvccpb.KeyValue) int
+	var less func(a, b *mvccpb.KeyValue) bool
 	switch t {
+	case pb.RangeRequest_KEY:
+		less = func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Key, b.Key) < 0 }
 	case pb.RangeRequest_VERSION:
-		c = func(a, b *mvccpb.KeyValue) int { return cmp.Compare(a.Version, b.Version) }
+		less = func(a, b *mvccpb.KeyValue) bool { return a.Version-b.Version < 0 }
 	case pb.RangeRequest_CREATE:
-		c = func(a, b *mvccpb.KeyValue) int { return cmp.Compare(a.CreateRevision, b.CreateRevision) }
+		less = func(a, b *mvccpb.KeyValue) bool { return a.CreateRevision-b.CreateRevision < 0 }
 	case pb.RangeRequest_MOD:
-		c = func(a, b *mvccpb.KeyValue) int { return cmp.Compare(a.ModRevision, b.ModRevision) }
+		less = func(a, b *mvccpb.KeyValue) bool { return a.ModRevision-b.ModRevision < 0 }
 	case pb.RangeRequest_VALUE:
-		c = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Value, b.Value) }
-	default: // KEY ASCEND is the default ordering, handled above
+		less = func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Value, b.Value) < 0 }
+	default:
 		return
 	}
+	var sorter sort.Interface = kvSorter{kvs, less}
 	if o == pb.RangeRequest_DESCEND {
-		asc := c
-		c = func(a, b *mvccpb.KeyValue) int { return asc(b, a) }
+		sorter = sort.Reverse(sorter)
 	}
-	slices.SortStableFunc(kvs, c)
+	sort.Sort(sorter)
 }
+
+// kvSorter is etcd's kvSort with one of its comparisons.
+type kvSorter struct {
+	kvs  []*mvccpb.KeyValue
+	less func(a, b *mvccpb.KeyValue) bool
+}
+
+func (s kvSorter) Len() int           { return len(s.kvs) }
+func (s kvSorter) Swap(i, j int)      { s.kvs[i], s.kvs[j] = s.kvs[j], s.kvs[i] }
+func (s kvSorter) Less(i, j int) bool { return s.less(s.kvs[i], s.kvs[j]) }

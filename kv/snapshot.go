@@ -217,7 +217,7 @@ func decodeState(b []byte) (*Store, error) {
 	ns.applied = r.uvarint()
 	ns.rev = r.varint()
 	ns.compactRev = r.varint()
-	if r.err == nil && (ns.rev < 1 || ns.compactRev < 0 || ns.compactRev > ns.rev) {
+	if r.err == nil && (ns.rev < 1 || ns.compactRev < -1 || ns.compactRev > ns.rev) {
 		r.fail("revision %d, compact revision %d", ns.rev, ns.compactRev)
 	}
 	nkeys := r.count(2)

@@ -100,7 +100,7 @@ type Store struct {
 	opts Options
 
 	rev        int64 // current revision, starts at 1
-	compactRev int64 // last compaction revision, 0 if never compacted
+	compactRev int64 // last compaction revision; -1 if never compacted, as etcd
 	applied    uint64
 
 	keys *btree.BTreeG[*keyHist] // by key
@@ -129,7 +129,7 @@ func NewWithOptions(o Options) *Store {
 
 func (s *Store) reset() {
 	s.rev = 1
-	s.compactRev = 0
+	s.compactRev = -1
 	s.applied = 0
 	s.keys = newKeyTree()
 	s.revs = newRevTree()
@@ -158,7 +158,8 @@ func (s *Store) Rev() int64 {
 	return s.rev
 }
 
-// CompactRev returns the revision of the last compaction, 0 if none.
+// CompactRev returns the revision of the last compaction, -1 if none (as
+// etcd: a first compaction at revision 0 is accepted).
 func (s *Store) CompactRev() int64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

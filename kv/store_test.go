@@ -12,8 +12,8 @@ import (
 
 func TestRevisionArithmetic(t *testing.T) {
 	s := New()
-	if s.Rev() != 1 || s.CompactRev() != 0 {
-		t.Fatalf("new store: rev %d compact %d, want 1 0", s.Rev(), s.CompactRev())
+	if s.Rev() != 1 || s.CompactRev() != -1 {
+		t.Fatalf("new store: rev %d compact %d, want 1 -1", s.Rev(), s.CompactRev())
 	}
 	type kvWant struct{ create, mod, ver int64 }
 	steps := []struct {
