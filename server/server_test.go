@@ -2,8 +2,10 @@ package server_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +14,10 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"github.com/ballotdb/ballot/internal/testutil"
@@ -334,3 +339,70 @@ func ctxT(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// TestHostileBytesOnTheClientPort: garbage, a TLS handshake to the plain
+// port, and a request whose body is not a valid message are refused
+// without harming the member; a write afterwards still works and nothing
+// changed meanwhile.
+func TestHostileBytesOnTheClientPort(t *testing.T) {
+	c := servertest.New(t, 3, nil)
+	name := c.Follower()
+	addr := c.Endpoints(name)[0]
+	cli := c.Client(name)
+	ctx := ctxT(t)
+	before, err := cli.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Garbage bytes.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write([]byte("GET / HTTP/1.1\r\n\r\n\x00\x01\x02 not grpc at all"))
+	conn.Close()
+	// TLS to the plain port.
+	tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err == nil {
+		tc.Close()
+		t.Fatal("a TLS handshake with the plain client port succeeded")
+	}
+	// A malformed request body, sent with a raw codec.
+	gc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	var out rawFrame
+	err = gc.Invoke(ctx, "/etcdserverpb.KV/Put", rawFrame{0xff, 0xff, 0xff, 0x0f, 0x0a}, &out, grpc.ForceCodecV2(rawCodec{}))
+	if err == nil {
+		t.Fatal("a malformed Put was accepted")
+	}
+	t.Logf("malformed request refused: %v", err)
+	after, err := cli.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Header.Revision != before.Header.Revision {
+		t.Fatalf("hostile input changed the revision %d → %d", before.Header.Revision, after.Header.Revision)
+	}
+	if _, err := cli.Put(ctx, "x", "still fine"); err != nil {
+		t.Fatalf("member unusable after hostile input: %v", err)
+	}
+}
+
+// rawFrame and rawCodec send bytes as they are.
+type rawFrame []byte
+
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.(rawFrame))}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*rawFrame) = data.Materialize()
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
