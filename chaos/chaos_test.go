@@ -75,6 +75,29 @@ func TestChaosProcesses(t *testing.T) {
 	}
 }
 
+// TestChaosContainers runs the same round with each member in its own
+// container on a private Docker network, where a Docker engine answers.
+func TestChaosContainers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos round skipped in -short mode")
+	}
+	if !DockerAvailable() {
+		t.Skip("NO DOCKER ENGINE: the container round did not run")
+	}
+	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Nemeses: AllNemeses,
+		Binary: ballotBinary(t), Containers: true, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + rep.Summary())
+	if rep.HasViolations() {
+		t.Fatalf("violations:\n%s", strings.Join(rep.Violations, "\n"))
+	}
+	if rep.OK < 300 || rep.SetAcked < 50 {
+		t.Fatalf("too little happened to prove anything: %d ok register ops, %d set adds", rep.OK, rep.SetAcked)
+	}
+}
+
 // brokenRound runs rounds of a deliberately broken build under partitions
 // until the checkers report a violation (at most three rounds: whether a
 // fault lines up with an operation is a matter of timing).

@@ -15,6 +15,22 @@ import (
 	"time"
 )
 
+// cluster is what the rig needs of a cluster under test.
+type cluster interface {
+	size() int
+	client(i int) string // member i's client address
+	start(i int) error   // start member i again on its data
+	kill(i int)          // SIGKILL member i and wait for it to exit
+	running(i int) bool
+	pause(i int, on bool)      // freeze (SIGSTOP) or thaw member i
+	cut(from, to int, on bool) // drop (or let through) from's messages to to
+	healAll() error
+	waitHealthy(ctx context.Context) error
+	leader() int
+	crashReports() []string
+	close()
+}
+
 // procCluster is a cluster of real ballot processes on loopback. Peer
 // traffic between every ordered pair of members passes through a proxy, so
 // the nemesis can cut any direction of any link.
@@ -85,6 +101,9 @@ func newProcCluster(bin, dir string, n int, tick time.Duration, unsafe []string,
 	}
 	return c, nil
 }
+
+func (c *procCluster) size() int           { return c.n }
+func (c *procCluster) client(i int) string { return c.clientAddr[i] }
 
 func name(i int) string { return fmt.Sprintf("n%d", i+1) }
 

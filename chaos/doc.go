@@ -4,10 +4,12 @@
 //
 // # What runs
 //
-// A cluster of `ballot serve` processes on loopback. Peer traffic between
-// every ordered pair of members passes through a proxy, so any direction of
-// any link can be cut (ballot's peer connections are one-way: each member
-// dials the others for what it sends).
+// A cluster of `ballot serve` processes on loopback, or (Options.Containers)
+// one container per member on a private Docker network. On processes, peer
+// traffic between every ordered pair of members passes through a proxy, so
+// any direction of any link can be cut (ballot's peer connections are
+// one-way: each member dials the others for what it sends); in containers
+// the cut is a packet filter rule in the receiver's network namespace.
 //
 // # Nemesis
 //

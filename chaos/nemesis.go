@@ -23,7 +23,7 @@ var AllNemeses = []string{NemesisKill, NemesisPause, NemesisPartition}
 // nemesis injects faults into a cluster on a seeded schedule, one at a
 // time: apply, hold, heal, rest.
 type nemesis struct {
-	c     *procCluster
+	c     cluster
 	kinds []string
 	rng   *rand.Rand
 	logf  func(string, ...any)
@@ -51,7 +51,7 @@ func (nm *nemesis) run(ctx context.Context, start time.Time, election time.Durat
 			return true
 		}
 	}
-	n := nm.c.n
+	n := nm.c.size()
 	for ctx.Err() == nil {
 		if !pace(time.Duration(500+nm.rng.IntN(1500)) * time.Millisecond) {
 			return
@@ -99,7 +99,7 @@ func (nm *nemesis) run(ctx context.Context, start time.Time, election time.Durat
 
 // pickPartition chooses a partition and returns the directions to cut.
 func (nm *nemesis) pickPartition() ([][2]int, string) {
-	n := nm.c.n
+	n := nm.c.size()
 	both := func(a, b []int) [][2]int {
 		var out [][2]int
 		for _, x := range a {

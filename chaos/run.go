@@ -34,6 +34,11 @@ type Options struct {
 	// Unsafe names deliberately broken behaviours to switch on in the
 	// members ("stale-reads", "early-ack"), for proving the checkers bite.
 	Unsafe []string
+	// Containers runs each member in its own container on a private
+	// Docker network (the binary must be static: CGO_ENABLED=0), with
+	// partitions made by packet filters in the members' network
+	// namespaces. Default: OS processes on loopback.
+	Containers bool
 	// Tick is the members' engine tick; default 50 ms (election timeout
 	// 0.5–1 s), so faults and recoveries both happen often.
 	Tick time.Duration
@@ -144,7 +149,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep := &Report{Seed: o.Seed, Dir: o.Dir}
 	started := time.Now()
-	c, err := newProcCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, o.Logf)
+	var c cluster
+	var err error
+	if o.Containers {
+		c, err = newDockerCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, o.Logf)
+	} else {
+		c, err = newProcCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, o.Logf)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +181,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}()
 	opTimeout := 4 * election
 	for i := range o.Clients {
-		cli, err := newClient([]string{c.clientAddr[i%o.Nodes]}) // pinned: stale reads show
+		cli, err := newClient([]string{c.client(i % o.Nodes)}) // pinned: stale reads show
 		if err != nil {
 			return nil, err
 		}
@@ -187,12 +198,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer wcancel()
 	var wwg sync.WaitGroup
 	for i := range o.Nodes {
-		cli, err := newClient([]string{c.clientAddr[i]})
+		cli, err := newClient([]string{c.client(i)})
 		if err != nil {
 			return nil, err
 		}
 		clients = append(clients, cli)
-		sc, err := newClient([]string{c.clientAddr[i]})
+		sc, err := newClient([]string{c.client(i)})
 		if err != nil {
 			return nil, err
 		}
@@ -220,7 +231,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := c.waitHealthy(hctx); err != nil {
 		rep.Violations = append(rep.Violations, "after healing: "+err.Error())
 	}
-	final, err := newClient(c.clientAddr)
+	var all []string
+	for i := range o.Nodes {
+		all = append(all, c.client(i))
+	}
+	final, err := newClient(all)
 	if err != nil {
 		return nil, err
 	}

@@ -50,7 +50,11 @@ unexpected exits. Exits non-zero on any violation, keeping the evidence.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			fmt.Printf("ballot chaos: %d members, %v, nemesis %s, seed %d\n", o.Nodes, o.Duration, nemeses, o.Seed)
+			where := "processes"
+			if o.Containers {
+				where = "containers"
+			}
+			fmt.Printf("ballot chaos: %d members (%s), %v, nemesis %s, seed %d\n", o.Nodes, where, o.Duration, nemeses, o.Seed)
 			rep, err := chaos.Run(ctx, o)
 			if err != nil {
 				return err
@@ -76,5 +80,6 @@ unexpected exits. Exits non-zero on any violation, keeping the evidence.`,
 	fl.StringVar(&o.Dir, "dir", "", "keep data, logs and evidence here (default: a temporary directory, kept only on failure)")
 	fl.StringVar(&unsafe, "unsafe", "", "BROKEN ON PURPOSE: stale-reads,early-ack (to see the checkers bite)")
 	fl.BoolVarP(&verbose, "verbose", "v", false, "print the nemesis schedule as it happens")
+	fl.BoolVar(&o.Containers, "containers", false, "run each member in its own container on a private Docker network (needs a static binary: CGO_ENABLED=0)")
 	return cmd
 }
