@@ -147,6 +147,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Binary == "" {
 		return nil, errNoBinary
 	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("chaos: %w", err)
+	}
 	rep := &Report{Seed: o.Seed, Dir: o.Dir}
 	started := time.Now()
 	var c cluster
