@@ -150,6 +150,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("chaos: %w", err)
 	}
+	// Members must start empty: data left by an earlier run would make
+	// this run's histories start from a state its clients never wrote.
+	if ents, err := os.ReadDir(o.Dir); err != nil {
+		return nil, fmt.Errorf("chaos: %w", err)
+	} else if len(ents) > 0 {
+		return nil, fmt.Errorf("chaos: %s is not empty (an earlier run's data would skew this one); give a new directory", o.Dir)
+	}
 	rep := &Report{Seed: o.Seed, Dir: o.Dir}
 	started := time.Now()
 	var c cluster

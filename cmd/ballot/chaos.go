@@ -80,6 +80,7 @@ unexpected exits. Exits non-zero on any violation, keeping the evidence.`,
 	fl.StringVar(&o.Dir, "dir", "", "keep data, logs and evidence here (default: a temporary directory, kept only on failure)")
 	fl.StringVar(&unsafe, "unsafe", "", "BROKEN ON PURPOSE: stale-reads,early-ack (to see the checkers bite)")
 	fl.BoolVarP(&verbose, "verbose", "v", false, "print the nemesis schedule as it happens")
+	fl.DurationVar(&o.CheckTimeout, "check-timeout", 2*time.Minute, "bound on the linearizability check (a check that runs out of time is a failure)")
 	fl.BoolVar(&o.Containers, "containers", false, "run each member in its own container on a private Docker network (needs a static binary: CGO_ENABLED=0)")
 	return cmd
 }
