@@ -212,13 +212,21 @@ func (c *procCluster) healAll() error {
 	return nil
 }
 
-// waitHealthy waits until every member reports a leader.
 func (c *procCluster) waitHealthy(ctx context.Context) error {
+	return waitHealthy(ctx, c.httpAddr)
+}
+
+func (c *procCluster) leader() int { return leaderOf(c.httpAddr) }
+
+// waitHealthy waits until every member (by HTTP address) reports a leader.
+func waitHealthy(ctx context.Context, httpAddrs []string) error {
 	client := &http.Client{Timeout: time.Second}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		ok := 0
-		for i := range c.n {
-			resp, err := client.Get("http://" + c.httpAddr[i] + "/health")
+		for _, a := range httpAddrs {
+			resp, err := client.Get("http://" + a + "/health")
 			if err == nil {
 				if resp.StatusCode == http.StatusOK {
 					ok++
@@ -226,30 +234,30 @@ func (c *procCluster) waitHealthy(ctx context.Context) error {
 				resp.Body.Close()
 			}
 		}
-		if ok == c.n {
+		if ok == len(httpAddrs) {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("cluster not healthy (%d of %d members report a leader): %w", ok, c.n, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
+			return fmt.Errorf("cluster not healthy (%d of %d members report a leader): %w", ok, len(httpAddrs), ctx.Err())
+		case <-tick.C:
 		}
 	}
 }
 
-// leader asks the members for the leader's index, or -1.
-func (c *procCluster) leader() int {
+// leaderOf asks the members (by HTTP address) which is the leader: its
+// index, or -1.
+func leaderOf(httpAddrs []string) int {
 	client := &http.Client{Timeout: 500 * time.Millisecond}
-	for i := range c.n {
-		resp, err := client.Get("http://" + c.httpAddr[i] + "/status")
+	for i, a := range httpAddrs {
+		resp, err := client.Get("http://" + a + "/status")
 		if err != nil {
 			continue
 		}
 		var st struct {
 			Role string `json:"role"`
 		}
-		err = decodeJSON(resp, &st)
-		if err == nil && st.Role == "leader" {
+		if decodeJSON(resp, &st) == nil && st.Role == "leader" {
 			return i
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -231,44 +230,17 @@ func (c *dockerCluster) healAll() error {
 }
 
 func (c *dockerCluster) waitHealthy(ctx context.Context) error {
-	client := &http.Client{Timeout: time.Second}
-	for {
-		ok := 0
-		for i := range c.n {
-			resp, err := client.Get("http://" + net.JoinHostPort(c.ips[i], "2381") + "/health")
-			if err == nil {
-				if resp.StatusCode == http.StatusOK {
-					ok++
-				}
-				resp.Body.Close()
-			}
-		}
-		if ok == c.n {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster not healthy (%d of %d members report a leader): %w", ok, c.n, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return waitHealthy(ctx, c.httpAddrs())
 }
 
-func (c *dockerCluster) leader() int {
-	client := &http.Client{Timeout: 500 * time.Millisecond}
-	for i := range c.n {
-		resp, err := client.Get("http://" + net.JoinHostPort(c.ips[i], "2381") + "/status")
-		if err != nil {
-			continue
-		}
-		var st struct {
-			Role string `json:"role"`
-		}
-		if decodeJSON(resp, &st) == nil && st.Role == "leader" {
-			return i
-		}
+func (c *dockerCluster) leader() int { return leaderOf(c.httpAddrs()) }
+
+func (c *dockerCluster) httpAddrs() []string {
+	out := make([]string, c.n)
+	for i, ip := range c.ips {
+		out[i] = net.JoinHostPort(ip, "2381")
 	}
-	return -1
+	return out
 }
 
 func (c *dockerCluster) crashReports() []string {

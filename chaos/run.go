@@ -279,20 +279,30 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		break
 	}
 	// Let the watchers reach the final revision, then stop them.
-	deadline := time.Now().Add(20 * time.Second)
-	for finalState != nil && time.Now().Before(deadline) {
-		all := true
+	caughtUp := func() bool {
 		for _, w := range watchers {
 			w.mu.Lock()
-			if len(w.events) == 0 || w.events[len(w.events)-1].Kv.ModRevision < finalRev {
-				all = false
-			}
+			behind := len(w.events) == 0 || w.events[len(w.events)-1].Kv.ModRevision < finalRev
 			w.mu.Unlock()
+			if behind {
+				return false
+			}
 		}
-		if all {
-			break
+		return true
+	}
+	if finalState != nil {
+		deadline := time.NewTimer(20 * time.Second)
+		poll := time.NewTicker(50 * time.Millisecond)
+	wait:
+		for !caughtUp() {
+			select {
+			case <-deadline.C:
+				break wait
+			case <-poll.C:
+			}
 		}
-		time.Sleep(50 * time.Millisecond) // polling the watchers' progress
+		deadline.Stop()
+		poll.Stop()
 	}
 	wcancel()
 	wwg.Wait()

@@ -464,12 +464,23 @@ func TestKill9(t *testing.T) {
 	go func() {
 		defer close(nemesisDone)
 		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+		// pace spaces the faults out; it ends early when the test does.
+		pace := func(d time.Duration) bool {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(d):
+				return true
+			}
+		}
 		for {
 			pause := 2*time.Second + time.Duration(rng.Int64N(int64(2*time.Second)))
 			if time.Now().Add(pause).After(soakEnd) {
 				return
 			}
-			time.Sleep(pause) // pacing, not waiting for an outcome
+			if !pace(pause) {
+				return
+			}
 			// Bring back anything that died on its own.
 			for _, p := range c.procs {
 				if !p.running() {
@@ -488,7 +499,7 @@ func TestKill9(t *testing.T) {
 			c.kill(p)
 			kills.Add(1)
 			t.Logf("%6.2fs nemesis: kill -9 node %d (%s)", time.Since(start).Seconds(), p.id, what)
-			time.Sleep(time.Duration(200+rng.IntN(800)) * time.Millisecond) // pacing
+			pace(time.Duration(200+rng.IntN(800)) * time.Millisecond) // down for a moment; restarted either way
 			c.start(p)
 			t.Logf("%6.2fs nemesis: restarted node %d", time.Since(start).Seconds(), p.id)
 		}

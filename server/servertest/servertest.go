@@ -227,11 +227,15 @@ func (c *Cluster) Names() []string {
 // eventually polls cond until it holds or timeout passes, then fails t.
 func eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
 			t.Fatalf("condition not met within %v: "+msg, append([]any{timeout}, args...)...)
+		case <-poll.C:
 		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for an outcome
 	}
 }
