@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -215,18 +216,8 @@ func (rp *replay) entries() []consensus.Entry {
 	for _, e := range rp.ents {
 		out = append(out, e)
 	}
-	slices.SortFunc(out, func(a, b consensus.Entry) int { return cmpU64(a.Index, b.Index) })
+	slices.SortFunc(out, func(a, b consensus.Entry) int { return cmp.Compare(a.Index, b.Index) })
 	return out
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // readSegment replays one segment. It returns the offset where the next frame
