@@ -415,6 +415,12 @@ var (
 	ErrCompacted = errors.New("consensus: index compacted")
 	// ErrInvalidConfChange: the membership change is not allowed.
 	ErrInvalidConfChange = errors.New("consensus: invalid configuration change")
+	// ErrLearnerNotReady (an ErrInvalidConfChange): a learner may be
+	// promoted only once it has caught up with the leader.
+	ErrLearnerNotReady = fmt.Errorf("%w: learner has not caught up with the leader", ErrInvalidConfChange)
+	// ErrIDRemoved (an ErrInvalidConfChange): a removed member's ID is
+	// never reused.
+	ErrIDRemoved = fmt.Errorf("%w: the node ID was removed and is never reused", ErrInvalidConfChange)
 	// ErrTransferInvalid: the leadership transfer target is not allowed.
 	ErrTransferInvalid = errors.New("consensus: invalid leadership transfer")
 	// ErrUnknownMessage: Step got a message the engine does not understand.

@@ -34,6 +34,11 @@ func (s *Store) apply(cmd []byte) (proto.Message, error) {
 	if err := proto.Unmarshal(cmd, &r); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "kv: cannot decode request: %v", err)
 	}
+	if s.hook != nil {
+		if resp, err, handled := s.hook(&r); handled {
+			return resp, err
+		}
+	}
 	switch {
 	case r.Put != nil:
 		return s.Put(r.Put)
@@ -89,6 +94,7 @@ const (
 	kindLeaseGrant
 	kindLeaseRevoke
 	kindLeaseCheckpoint
+	kindAlarm // from an ApplyHook (package server's alarms)
 )
 
 func kindOf(m proto.Message) (byte, bool) {
@@ -109,6 +115,8 @@ func kindOf(m proto.Message) (byte, bool) {
 		return kindLeaseRevoke, true
 	case *pb.LeaseCheckpointResponse:
 		return kindLeaseCheckpoint, true
+	case *pb.AlarmResponse:
+		return kindAlarm, true
 	}
 	return 0, false
 }
@@ -131,6 +139,8 @@ func newOfKind(k byte) proto.Message {
 		return &pb.LeaseRevokeResponse{}
 	case kindLeaseCheckpoint:
 		return &pb.LeaseCheckpointResponse{}
+	case kindAlarm:
+		return &pb.AlarmResponse{}
 	}
 	return nil
 }

@@ -132,7 +132,7 @@ func TestResultEncoding(t *testing.T) {
 		t.Fatalf("empty: %v %v", res, err)
 	}
 	// Unknown response type.
-	res, _ = DecodeResult(EncodeResult(&pb.AlarmResponse{}, nil))
+	res, _ = DecodeResult(EncodeResult(&pb.StatusResponse{}, nil))
 	if status.Code(res.Err) != codes.Internal {
 		t.Fatalf("unknown type: %v", res)
 	}

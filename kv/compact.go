@@ -28,10 +28,26 @@ func (s *Store) Compact(req *pb.CompactionRequest) (*pb.CompactionResponse, erro
 		return nil, rpctypes.ErrGRPCFutureRev
 	}
 	s.compactRev = rev
+	// Only keys with history below rev can change: find them through the
+	// revision index (entries below rev only), not by scanning every key.
+	var touched []*keyHist
+	seen := map[string]bool{}
+	s.revs.Ascend(revEntry{}, func(e revEntry) bool {
+		if e.main >= rev {
+			return false
+		}
+		if !seen[string(e.key)] {
+			seen[string(e.key)] = true
+			if h, ok := s.keys.Get(&keyHist{key: e.key}); ok {
+				touched = append(touched, h)
+			}
+		}
+		return true
+	})
 	var empty []*keyHist
-	s.keys.Scan(func(h *keyHist) bool {
+	for _, h := range touched {
 		if len(h.vers) == 0 || h.vers[0].main >= rev {
-			return true
+			continue
 		}
 		// first: index of the first entry at or above rev.
 		first := h.at(rev - 1)
@@ -53,8 +69,7 @@ func (s *Store) Compact(req *pb.CompactionRequest) (*pb.CompactionResponse, erro
 		if len(h.vers) == 0 {
 			empty = append(empty, h)
 		}
-		return true
-	})
+	}
 	for _, h := range empty {
 		s.keys.Delete(h)
 	}

@@ -58,16 +58,16 @@
 // Apply returns EncodeResult(resp, err): byte 0 is the result format
 // version (1), byte 1 a kind (0 empty, 1 error, 2 Range, 3 Put,
 // 4 DeleteRange, 5 Txn, 6 Compaction, 7 LeaseGrant, 8 LeaseRevoke,
-// 9 LeaseCheckpoint). For an error the rest is the gRPC code as a uvarint
+// 9 LeaseCheckpoint, 10 Alarm). For an error the rest is the gRPC code as a uvarint
 // and then the message; otherwise it is the deterministic proto encoding of
 // the response. DecodeResult reverses it.
 //
-// # Snapshot format (version 1)
+// # Snapshot format (version 2)
 //
 // A snapshot is one byte stream:
 //
 //	"BALLOTKV"              8-byte magic
-//	version                 uint32 big-endian, 1
+//	version                 uint32 big-endian, 2 (1 is read too: it has no meta)
 //	applied index           uvarint
 //	revision                varint (zigzag, as encoding/binary)
 //	compact revision        varint
@@ -82,6 +82,9 @@
 //	lease count             uvarint
 //	per lease, ascending ID:
 //	  ID, granted TTL, checkpointed remaining TTL   varints
+//	meta count              uvarint (version 2 on)
+//	per meta entry, ascending key:
+//	  key, value            uvarint length, bytes each
 //	checksum                uint32 big-endian CRC-32C (Castagnoli) of all bytes before it
 //
 // Lease attachments are not stored: they follow from each key's current

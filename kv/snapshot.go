@@ -15,7 +15,7 @@ import (
 // Snapshot format constants; the format is described in the package doc.
 const (
 	snapMagic   = "BALLOTKV"
-	snapVersion = 1
+	snapVersion = 2
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -92,6 +92,12 @@ func (s *Store) Snapshot(w io.Writer) error {
 		sw.varint(l.id)
 		sw.varint(l.ttl)
 		sw.varint(l.remaining)
+	}
+	mk := s.metaSorted()
+	sw.uvarint(uint64(len(mk)))
+	for _, k := range mk {
+		sw.bytes([]byte(k))
+		sw.bytes(s.meta[k])
 	}
 	binary.BigEndian.PutUint32(v[:], sw.crc.Sum32())
 	sw.w.Write(v[:])
@@ -191,26 +197,27 @@ func (s *Store) Restore(r io.Reader) error {
 	if len(data) < len(snapMagic)+4+4 || !bytes.Equal(data[:len(snapMagic)], []byte(snapMagic)) {
 		return fmt.Errorf("%w: not a kv snapshot (bad magic or too short)", ErrCorruptSnapshot)
 	}
-	if v := binary.BigEndian.Uint32(data[len(snapMagic):]); v != snapVersion {
-		return fmt.Errorf("%w: version %d (this code reads version %d)", ErrSnapshotVersion, v, snapVersion)
+	v := binary.BigEndian.Uint32(data[len(snapMagic):])
+	if v < 1 || v > snapVersion {
+		return fmt.Errorf("%w: version %d (this code reads versions 1 to %d)", ErrSnapshotVersion, v, snapVersion)
 	}
 	body, sum := data[:len(data)-4], binary.BigEndian.Uint32(data[len(data)-4:])
 	if got := crc32.Checksum(body, castagnoli); got != sum {
 		return fmt.Errorf("%w: checksum mismatch (stored %08x, computed %08x)", ErrCorruptSnapshot, sum, got)
 	}
-	ns, err := decodeState(body[len(snapMagic)+4:])
+	ns, err := decodeState(body[len(snapMagic)+4:], v)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rev, s.compactRev, s.applied = ns.rev, ns.compactRev, ns.applied
-	s.keys, s.revs, s.leases = ns.keys, ns.revs, ns.leases
+	s.keys, s.revs, s.leases, s.meta = ns.keys, ns.revs, ns.leases, ns.meta
 	return nil
 }
 
 // decodeState parses and validates a snapshot body into a fresh Store.
-func decodeState(b []byte) (*Store, error) {
+func decodeState(b []byte, format uint32) (*Store, error) {
 	r := &snapReader{b: b}
 	ns := &Store{}
 	ns.reset()
@@ -290,6 +297,18 @@ func decodeState(b []byte) (*Store, error) {
 		}
 		prevID = l.id
 		ns.leases[l.id] = l
+	}
+	if format >= 2 {
+		nmeta := r.count(2)
+		prev := ""
+		for i := 0; i < nmeta && r.err == nil; i++ {
+			k, val := string(r.bytes()), r.bytes()
+			if r.err == nil && (k == "" || (i > 0 && k <= prev)) {
+				r.fail("meta keys out of order or empty")
+			}
+			prev = k
+			ns.meta[k] = val
+		}
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.fail("%d trailing bytes", len(r.b))

@@ -107,7 +107,9 @@ type Store struct {
 	revs *btree.BTreeG[revEntry] // by (main, sub)
 
 	leases map[int64]*leaseRec
+	meta   map[string][]byte // see meta.go
 
+	hook     ApplyHook
 	observer func(rev int64, events []*mvccpb.Event)
 }
 
@@ -134,6 +136,7 @@ func (s *Store) reset() {
 	s.keys = newKeyTree()
 	s.revs = newRevTree()
 	s.leases = make(map[int64]*leaseRec)
+	s.meta = make(map[string][]byte)
 }
 
 func newKeyTree() *btree.BTreeG[*keyHist] {

@@ -20,7 +20,7 @@ var (
 	// ErrTransferInProgress: proposals are refused during leadership transfer.
 	ErrTransferInProgress = fmt.Errorf("%w: leadership transfer in progress", consensus.ErrProposalDropped)
 	// ErrLearnerNotReady: a learner may be promoted only once caught up.
-	ErrLearnerNotReady = fmt.Errorf("%w: learner has not caught up with the leader", consensus.ErrInvalidConfChange)
+	ErrLearnerNotReady = consensus.ErrLearnerNotReady
 	// ErrStepLocalMsg: a local message (MsgHup, MsgBeat) arrived from a peer.
 	ErrStepLocalMsg = fmt.Errorf("%w: local message from the network", consensus.ErrUnknownMessage)
 	// ErrRemoved: this node was removed from the group.
@@ -719,7 +719,7 @@ func (r *Raft) checkConfChange(e *consensus.Entry) error {
 	}
 	for _, c := range cc.Changes {
 		if c.Type != consensus.RemoveNode && r.removed[c.NodeID] {
-			return fmt.Errorf("%w: node ID %d was removed and is never reused", consensus.ErrInvalidConfChange, c.NodeID)
+			return fmt.Errorf("%w: node ID %d", consensus.ErrIDRemoved, c.NodeID)
 		}
 		if c.Type == consensus.AddVoter && r.conf.IsLearner(c.NodeID) {
 			pr := r.trk.prs[c.NodeID]
