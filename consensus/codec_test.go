@@ -102,6 +102,9 @@ func testMessages() []Message {
 			Index: math.MaxUint64, Commit: math.MaxUint64, Reject: true, RejectHint: math.MaxUint64,
 			Entries: testEntries, Snapshot: &Snapshot{Meta: SnapshotMeta{Index: math.MaxUint64}, Data: []byte{0}}, Context: []byte{0}},
 		{Type: MsgNack, From: 4, To: 5, Epoch: 12},
+		{Type: MsgDecide, From: 1, To: 2, Epoch: 1<<24 | 1, Index: 100, Commit: 107, LogEpoch: 3, Entries: ents},
+		{Type: MsgDecideResp, From: 2, To: 1, Epoch: 1<<24 | 1, Index: 107, LogEpoch: 3},
+		{Type: MsgDecideResp, From: 2, To: 1, Epoch: 2<<24 | 3, Reject: true},
 	}
 }
 
@@ -639,4 +642,20 @@ func FuzzUnmarshalOthers(f *testing.F) {
 			t.Fatalf("DecodeEntry: error %v does not wrap ErrCorrupt", err)
 		}
 	})
+}
+
+// TestDecideRespType: the Paxos answer to a Decide is a known response type
+// with a stable wire value and name.
+func TestDecideRespType(t *testing.T) {
+	if MsgDecideResp != 46 || !MsgDecideResp.Known() || !MsgDecideResp.IsResponse() || MsgDecideResp.IsLocal() {
+		t.Fatalf("MsgDecideResp: value %d known=%v response=%v local=%v", MsgDecideResp, MsgDecideResp.Known(), MsgDecideResp.IsResponse(), MsgDecideResp.IsLocal())
+	}
+	if got := MsgDecideResp.String(); got != "MsgDecideResp" {
+		t.Fatalf("name %q", got)
+	}
+	b := (&Message{Type: MsgDecideResp, From: 3, To: 1, Epoch: 9, Index: 4}).Marshal()
+	m, err := UnmarshalMessage(b)
+	if err != nil || m.Type != MsgDecideResp || m.Index != 4 {
+		t.Fatalf("round trip: %v %v", m, err)
+	}
 }

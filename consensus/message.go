@@ -40,6 +40,9 @@ const (
 	MsgAccepted MessageType = 43 // phase 2b
 	MsgDecide   MessageType = 44 // learner catch-up: chosen values
 	MsgNack     MessageType = 45 // a higher ballot was promised
+	// MsgDecideResp answers MsgDecide: the member's decided prefix and the
+	// read round it confirms, or a rejection (a higher ballot promised).
+	MsgDecideResp MessageType = 46
 )
 
 var msgNames = map[MessageType]string{
@@ -49,7 +52,7 @@ var msgNames = map[MessageType]string{
 	MsgHeartbeat: "MsgHeartbeat", MsgHeartbeatResp: "MsgHeartbeatResp", MsgTimeoutNow: "MsgTimeoutNow",
 	MsgReadIndex: "MsgReadIndex", MsgReadIndexResp: "MsgReadIndexResp", MsgTransferLeader: "MsgTransferLeader",
 	MsgPrepare: "MsgPrepare", MsgPromise: "MsgPromise", MsgAccept: "MsgAccept", MsgAccepted: "MsgAccepted",
-	MsgDecide: "MsgDecide", MsgNack: "MsgNack",
+	MsgDecide: "MsgDecide", MsgNack: "MsgNack", MsgDecideResp: "MsgDecideResp",
 }
 
 func (t MessageType) String() string {
@@ -69,7 +72,7 @@ func (t MessageType) IsLocal() bool { return t == MsgHup || t == MsgBeat }
 // IsResponse reports whether t answers an earlier message.
 func (t MessageType) IsResponse() bool {
 	switch t {
-	case MsgAppResp, MsgVoteResp, MsgPreVoteResp, MsgHeartbeatResp, MsgReadIndexResp, MsgPromise, MsgAccepted, MsgNack:
+	case MsgAppResp, MsgVoteResp, MsgPreVoteResp, MsgHeartbeatResp, MsgReadIndexResp, MsgPromise, MsgAccepted, MsgNack, MsgDecideResp:
 		return true
 	}
 	return false

@@ -16,6 +16,7 @@ const (
 	Linearizability    = "linearizability"      // the client history is linearizable
 	Liveness           = "liveness"             // healed, the cluster elects and commits in bounded time
 	Contract           = "contract"             // the engine broke the Ready/storage contract
+	Validity           = "validity"             // only values some client proposed are applied
 )
 
 // Violation is a broken invariant, with what was observed.
@@ -66,6 +67,13 @@ type checker struct {
 	// checkedEpoch is the highest epoch of entries whose writer's log was
 	// checked for leader completeness, per node.
 	checkedEpoch map[consensus.NodeID]uint64
+	// logMatching says the engine's logs obey log matching and leader
+	// completeness, and that an index is applied with the same epoch
+	// everywhere (Raft). Otherwise (Paxos) agreement compares what was
+	// applied and the state after it, not the ballot it was learned in.
+	logMatching bool
+	// issued are the commands clients proposed, by (client, op).
+	issued map[[2]int]string
 }
 
 func newChecker() *checker {
@@ -76,6 +84,8 @@ func newChecker() *checker {
 		commitAt:     map[uint64]uint64{},
 		progress:     map[consensus.NodeID]progressMark{},
 		checkedEpoch: map[consensus.NodeID]uint64{},
+		logMatching:  true,
+		issued:       map[[2]int]string{},
 	}
 }
 
@@ -168,7 +178,7 @@ func (c *checker) observeApply(id consensus.NodeID, e consensus.Entry, state uin
 		c.applied[e.Index] = sig
 		return nil
 	}
-	if prev.epoch != sig.epoch || prev.typ != sig.typ || prev.data != sig.data {
+	if (c.logMatching && prev.epoch != sig.epoch) || prev.typ != sig.typ || prev.data != sig.data {
 		return violation(StateMachineSafety, "index %d: node %d applied %d/%s %x, node %d applied %d/%s %x",
 			e.Index, prev.node, prev.epoch, prev.typ, prev.data, id, sig.epoch, sig.typ, sig.data)
 	}
@@ -185,7 +195,7 @@ func (c *checker) observeInstall(id consensus.NodeID, index, epoch, state uint64
 	if !ok {
 		return nil
 	}
-	if prev.epoch != epoch {
+	if c.logMatching && prev.epoch != epoch {
 		return violation(StateMachineSafety, "node %d installed a snapshot at %d/%d but node %d applied epoch %d there", id, index, epoch, prev.node, prev.epoch)
 	}
 	if prev.state != state {
@@ -212,6 +222,21 @@ func (c *checker) observeProgress(id consensus.NodeID, inc int, commit, applied,
 	}
 	if applied < prev.applie {
 		return violation(Monotonic, "node %d applied went back from %d to %d", id, prev.applie, applied)
+	}
+	return nil
+}
+
+// proposed records a command a client proposed.
+func (c *checker) proposed(cmd command) {
+	c.issued[[2]int{cmd.client, cmd.op}] = cmd.key + "=" + cmd.value
+}
+
+// observeValidity: node id applies cmd at index. Only a command some client
+// proposed may be applied (validity: only proposed values are chosen).
+func (c *checker) observeValidity(id consensus.NodeID, index uint64, cmd command) *Violation {
+	if got, ok := c.issued[[2]int{cmd.client, cmd.op}]; !ok || got != cmd.key+"="+cmd.value {
+		return violation(Validity, "node %d applies at index %d client %d op %d put(%s,%s), which no client proposed",
+			id, index, cmd.client, cmd.op, cmd.key, cmd.value)
 	}
 	return nil
 }

@@ -53,6 +53,20 @@
 // timeout (Unknown) is a failure. A panic inside an engine (its own
 // invariant checks) is reported as a violation of the run, not a crash.
 //
+// # Engines
+//
+// Options.Engine picks "raft" (the default) or "paxos". Both face the same
+// world and the same clients. Log matching and leader completeness are
+// Raft properties and are checked for Raft only; for Paxos, whose
+// acceptors hold whatever each slot's latest ballot sent them and whose
+// learners may learn one decided value under different ballots, agreement
+// compares the applied value and the state after it, not its epoch. Every
+// engine is checked for validity (only a value some client proposed is
+// applied), in-order delivery, monotonic progress and linearizability. A
+// Paxos node's snapshot install keeps the slots it accepted after the
+// snapshot, as the WAL does; the nemesis also aims crashes right after a
+// Paxos acceptor's promise to another proposer, the counterpart of a vote.
+//
 // A run has a safety phase with faults, then a liveness phase: the network
 // heals, crashed nodes restart, and within Options.LivenessBound ticks one
 // leader must be followed by every running member, everything in its log
@@ -60,8 +74,9 @@
 //
 // # Proving the checkers
 //
-// Each broken Variant (three engine knobs, three runtime bugs and a
-// network that never heals) must be caught within its seed budget, and
+// Each broken Variant (three Raft knobs, four Paxos knobs, three runtime
+// bugs and a network that never heals) must be caught within its seed
+// budget (sim_test.go, paxos_test.go), and
 // every checker must catch one on its own (with the checkers that would
 // fire first switched off by Options.Disable). sim_test.go asserts both,
 // and a sweep asserts activity minimums so that a simulator that stopped

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/paxos"
 	"github.com/ballotdb/ballot/raft"
 )
 
@@ -38,10 +39,41 @@ const (
 	// NeverHeal keeps the network partitioned in the liveness phase: the
 	// liveness checker must notice the cluster cannot make progress.
 	NeverHeal Variant = "never-heal"
+
+	// ForgetPromise restarts Paxos acceptors without the ballot they
+	// promised. Engine knob (paxos).
+	ForgetPromise Variant = "forget-promise"
+	// IgnoreAccepted makes a Paxos proposer disregard the values its
+	// phase-1 promises report. Engine knob (paxos).
+	IgnoreAccepted Variant = "ignore-accepted"
+	// TruncateSuffix makes a Paxos acceptor drop the slots after the ones
+	// it accepts. Engine knob (paxos).
+	TruncateSuffix Variant = "truncate-suffix"
+	// OmitDecidedThrough makes a compacted Paxos acceptor answer prepare
+	// without "decided through slot k" (and without its snapshot). Engine
+	// knob (paxos).
+	OmitDecidedThrough Variant = "omit-decided-through"
 )
 
 // Variants lists every broken variant, for the command line and the tests.
-var Variants = []Variant{CommitPriorTerm, VoteWithoutLogCheck, ReadIndexBeforeNoop, SendBeforePersist, ForgetVote, StaleCommit, NeverHeal}
+var Variants = []Variant{CommitPriorTerm, VoteWithoutLogCheck, ReadIndexBeforeNoop, SendBeforePersist, ForgetVote, StaleCommit, NeverHeal,
+	ForgetPromise, IgnoreAccepted, TruncateSuffix, OmitDecidedThrough}
+
+// engineOf names the engine an engine-knob variant belongs to; runtime and
+// world variants ("") apply to every engine.
+var engineOf = map[Variant]string{
+	CommitPriorTerm: "raft", VoteWithoutLogCheck: "raft", ReadIndexBeforeNoop: "raft",
+	ForgetPromise: "paxos", IgnoreAccepted: "paxos", TruncateSuffix: "paxos", OmitDecidedThrough: "paxos",
+}
+
+// CheckVariant reports an error when v is a knob of another engine than
+// engine, where it would silently do nothing.
+func CheckVariant(engine string, v Variant) error {
+	if e := engineOf[v]; e != "" && e != engine {
+		return fmt.Errorf("sim: broken variant %q is a %s knob; it does nothing on engine %q", v, e, engine)
+	}
+	return nil
+}
 
 // ParseVariant turns a name into a Variant.
 func ParseVariant(s string) (Variant, error) {
@@ -73,6 +105,8 @@ type EngineConfig struct {
 	Flavor uint64
 	// Variant is the broken variant to switch on, if it is the engine's.
 	Variant Variant
+	// Nodes is the run's initial cluster size.
+	Nodes int
 }
 
 // EngineFactory builds an engine for one node from its stable storage.
@@ -80,8 +114,17 @@ type EngineFactory func(cfg EngineConfig, st consensus.InitialState) (consensus.
 
 // Engines are the engines the simulator can drive, by name.
 var Engines = map[string]EngineFactory{
-	"raft": newRaft,
+	"raft":  newRaft,
+	"paxos": newPaxos,
 }
+
+// logMatchingEngines are the engines whose logs obey Raft's log matching and
+// leader completeness properties, and whose entries carry the epoch they
+// were committed in on every node. Paxos logs do not: an acceptor holds
+// whatever each slot's latest ballot sent it, and one decided value may be
+// learned under different ballots on different nodes. For those engines the
+// simulator checks agreement on (type, data) and the state after it.
+var logMatchingEngines = map[string]bool{"raft": true}
 
 // EngineNames lists the registered engines, sorted.
 func EngineNames() []string {
@@ -132,6 +175,49 @@ func newRaft(ec EngineConfig, st consensus.InitialState) (consensus.Engine, erro
 		cfg.Knobs = k
 	}
 	return raft.New(cfg, st)
+}
+
+// PaxosFlavor describes which optional Paxos features a flavor turns on:
+// flexible quorums (a phase-2 quorum below a majority, so phase 1 needs
+// more) for clusters of five or more.
+func PaxosFlavor(flavor uint64, nodes int) (phase2Quorum int) {
+	if nodes >= 5 && flavor%3 == 0 {
+		return nodes / 2
+	}
+	return 0
+}
+
+func newPaxos(ec EngineConfig, st consensus.InitialState) (consensus.Engine, error) {
+	cfg := paxos.Config{
+		ID: ec.ID, ElectionTick: ec.ElectionTicks, HeartbeatTick: ec.HeartbeatTicks, Seed: ec.Seed,
+		Phase2Quorum: PaxosFlavor(ec.Flavor, ec.Nodes),
+		// Small limits, so paging, message splitting and back-pressure
+		// are exercised.
+		MaxSizePerMsg:            512,
+		MaxEntrySize:             256,
+		MaxInflightSlots:         32,
+		MaxPendingProposals:      256,
+		MaxCommittedSizePerReady: 1 << 10,
+		MaxPendingReadIndex:      64,
+	}
+	if (ec.Flavor/16)%3 != 0 {
+		cfg.MaxSizePerMsg = 1 // one slot per message: promises are paged slot by slot
+	}
+	k := &paxos.TestingKnobs{}
+	switch ec.Variant {
+	case ForgetPromise:
+		k.ForgetPromiseOnRestart = true
+	case IgnoreAccepted:
+		k.IgnoreAcceptedValues = true
+	case TruncateSuffix:
+		k.TruncateSuffixOnAccept = true
+	case OmitDecidedThrough:
+		k.OmitDecidedThrough = true
+	}
+	if *k != (paxos.TestingKnobs{}) {
+		cfg.Knobs = k
+	}
+	return paxos.New(cfg, st)
 }
 
 // nodeSeed derives a node's own seed from the run seed (splitmix64), so that

@@ -228,6 +228,7 @@ func (w *world) clientsTick() {
 		if w.rng.IntN(2) == 0 {
 			op.in = kvInput{put: true, key: key, value: fmt.Sprintf("%d.%d", c.id, op.op)}
 			cmd := command{client: c.id, op: op.op, key: key, value: op.in.value}
+			w.chk.proposed(cmd)
 			if err := n.eng.Propose(cmd.encode()); err != nil {
 				w.tracef("client %d op %d put refused by n%d: %v", c.id, op.op, n.id, err)
 				continue

@@ -146,11 +146,15 @@ type node struct {
 	dirty   bool
 	role    consensus.Role
 	// Client operations this incarnation is serving.
-	writes    map[[2]int]*clientOp
-	reads     map[string]*clientOp
-	readWait  []consensus.ReadState
-	staleHS   consensus.HardState // the durable HardState before the latest (for StaleCommit)
-	lastEpoch uint64
+	writes   map[[2]int]*clientOp
+	reads    map[string]*clientOp
+	readWait []consensus.ReadState
+	staleHS  consensus.HardState // the durable HardState before the latest (for StaleCommit)
+	// lastPromise is the last Paxos promise written (for aimCrash).
+	lastPromise uint64
+	// quickRestart makes the next crash restart at once (set by aimCrash).
+	quickRestart bool
+	lastEpoch    uint64
 }
 
 // churnEvent is a planned failure of the leader of epoch, if it still leads.
@@ -223,6 +227,7 @@ func Run(opts Options) (res Result) {
 		nodes:   map[consensus.NodeID]*node{},
 		keys:    []string{"a", "b", "c"},
 	}
+	w.chk.logMatching = logMatchingEngines[opts.Engine]
 	w.net = newNetwork(rand.New(rand.NewPCG(opts.Seed^0xda942042e4dd58b5, opts.Seed)))
 	w.flavor = w.rng.Uint64()
 	w.snapEvery = uint64(10 + w.rng.IntN(40))
@@ -336,6 +341,9 @@ func (w *world) run() {
 
 func (w *world) addNode(id consensus.NodeID, cs consensus.ConfState) *node {
 	n := &node{id: id, disk: newDisk(cs), joinAt: w.now, syncAt: -1, crashAt: -1}
+	// Raft's storage drops the whole log on a snapshot install; a Paxos
+	// acceptor keeps what it accepted after the snapshot (the WAL's rule).
+	n.disk.installKeepsSuffix = !logMatchingEngines[w.opts.Engine]
 	w.nodes[id] = n
 	w.order = append(w.order, id)
 	slices.Sort(w.order)
@@ -356,7 +364,7 @@ func (w *world) start(n *node) {
 	}
 	eng, err := w.factory(EngineConfig{
 		ID: n.id, Seed: nodeSeed(w.opts.Seed, n.id) + uint64(n.inc), ElectionTicks: 10, HeartbeatTicks: 1,
-		Flavor: w.flavor, Variant: w.opts.Variant,
+		Flavor: w.flavor, Variant: w.opts.Variant, Nodes: w.opts.Nodes,
 	}, st)
 	if err != nil {
 		w.fail(violation(Contract, "node %d cannot restart from its durable state: %v", n.id, err))
@@ -395,6 +403,9 @@ func (w *world) crash(n *node) {
 	if w.rng.IntN(3) == 0 {
 		// A supervisor restarts the process at once.
 		n.restartAt = w.now + int64(w.rng.IntN(2))*unitsPerTick
+	}
+	if n.quickRestart {
+		n.restartAt, n.quickRestart = w.now, false
 	}
 	w.stats.Crashes++
 	w.failOps(n)
@@ -574,11 +585,26 @@ func (w *world) aimCrash(n *node, rd *consensus.Ready) {
 		return
 	}
 	switch {
-	case rd.HardState.Vote != consensus.None && w.rng.Float64() < 0.05*w.intensity:
+	case (rd.HardState.Vote != consensus.None || w.promised(n, rd)) && w.rng.Float64() < 0.05*w.intensity:
 		n.crashAt = n.syncAt + 1 + w.rng.Int64N(unitsPerTick)
+		// A Paxos acceptor comes back at once, while the proposers it
+		// promised and the ones it refused are both still at work.
+		n.quickRestart = !w.chk.logMatching
 	case w.rng.Float64() < 0.002*w.intensity:
 		n.crashAt = w.now + w.rng.Int64N(n.syncAt-w.now+1)
 	}
+}
+
+// promised reports whether rd makes a new Paxos promise durable (to another
+// proposer's ballot, or to the node's own when it starts phase 1): the
+// Paxos counterpart of a vote. Always false for Raft, whose runs draw no
+// randomness for it.
+func (w *world) promised(n *node, rd *consensus.Ready) bool {
+	if w.chk.logMatching || rd.HardState.IsEmpty() || rd.HardState.Epoch == n.lastPromise {
+		return false
+	}
+	n.lastPromise = rd.HardState.Epoch
+	return true
 }
 
 func (w *world) finishSync(n *node) {
@@ -618,14 +644,14 @@ func (w *world) write(n *node, rd *consensus.Ready) {
 			fail(err)
 			return
 		}
-		if ok {
+		if ok && w.chk.logMatching {
 			if v := w.chk.observeWrite(n.id, e, prev); v != nil {
 				w.fail(v)
 				return
 			}
 		}
 	}
-	if len(rd.Entries) > 0 {
+	if len(rd.Entries) > 0 && w.chk.logMatching {
 		last := rd.Entries[len(rd.Entries)-1]
 		if v := w.chk.checkCompleteness(n.id, last.Epoch, last.Index, d.view.snap.Meta.Index, d.view.entryAt); v != nil {
 			w.fail(v)
@@ -731,6 +757,10 @@ func (w *world) apply(n *node, e consensus.Entry) {
 		c, err := decodeCommand(e.Data)
 		if err != nil {
 			w.fail(violation(Contract, "node %d applies index %d: %v", n.id, e.Index, err))
+			return
+		}
+		if v := w.chk.observeValidity(n.id, e.Index, c); v != nil {
+			w.fail(v)
 			return
 		}
 		n.kv.apply(c)

@@ -15,10 +15,14 @@ type image struct {
 	hs   consensus.HardState
 	snap consensus.Snapshot
 	ents []consensus.Entry // contiguous, first index snap.Meta.Index+1
+	// keepSuffix makes a snapshot install drop only the entries it
+	// covers (consensus.Ready's contract, the WAL's replay rule), not the
+	// whole log.
+	keepSuffix bool
 }
 
 func (im *image) clone() image {
-	return image{hs: im.hs, snap: im.snap, ents: slices.Clone(im.ents)}
+	return image{hs: im.hs, snap: im.snap, ents: slices.Clone(im.ents), keepSuffix: im.keepSuffix}
 }
 
 func (im *image) lastIndex() uint64 { return im.snap.Meta.Index + uint64(len(im.ents)) }
@@ -79,8 +83,13 @@ func (op diskOp) String() string {
 func (im *image) apply(op diskOp) error {
 	switch op.kind {
 	case opInstall:
+		if im.keepSuffix && op.snap.Meta.Index >= im.snap.Meta.Index && op.snap.Meta.Index < im.lastIndex() {
+			// Drop only what the snapshot covers.
+			im.ents = slices.Clone(im.ents[op.snap.Meta.Index-im.snap.Meta.Index:])
+		} else {
+			im.ents = nil
+		}
 		im.snap = op.snap
-		im.ents = nil
 	case opCompact:
 		if op.snap.Meta.Index <= im.snap.Meta.Index {
 			return nil
@@ -121,9 +130,11 @@ func (im *image) apply(op diskOp) error {
 // the node has written so far (view = durable + unsynced, in order). A crash
 // keeps a prefix of the unsynced writes: the torn tail a WAL repairs.
 type disk struct {
-	durable  image
-	view     image
-	unsynced []diskOp
+	// installKeepsSuffix: see image.keepSuffix. Set before the first write.
+	installKeepsSuffix bool
+	durable            image
+	view               image
+	unsynced           []diskOp
 	// recent are the last few snapshots taken or installed, newest last,
 	// kept as a snapshot store keeps its files.
 	recent []consensus.Snapshot
@@ -152,6 +163,7 @@ func newDisk(cs consensus.ConfState) *disk {
 }
 
 func (d *disk) write(op diskOp) error {
+	d.durable.keepSuffix, d.view.keepSuffix = d.installKeepsSuffix, d.installKeepsSuffix
 	if err := d.view.apply(op); err != nil {
 		return err
 	}

@@ -40,7 +40,9 @@ violation. --seed S --trace replays one seed and prints every event.`,
 		Example: `  ballot sim --engine raft --nodes 5 --seeds 1000
   ballot sim --engine raft --nodes 3,5 --seeds 500
   ballot sim --engine raft --nodes 5 --seed 42 --trace
-  ballot sim --engine raft --nodes 3 --seeds 200 --broken forget-vote`,
+  ballot sim --engine raft --nodes 3 --seeds 200 --broken forget-vote
+  ballot sim --engine paxos --seeds 500
+  ballot sim --engine paxos --nodes 3 --seeds 300 --broken omit-decided-through`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := sim.ParseVariant(broken)
 			if err != nil {
@@ -54,6 +56,9 @@ violation. --seed S --trace replays one seed and prints every event.`,
 			opts := sim.Options{Engine: engine, Nodes: nodes[0], SafetyTicks: ticks, LivenessBound: bound, Variant: v}
 			if _, ok := sim.Engines[engine]; !ok {
 				return fmt.Errorf("--engine: unknown engine %q (known: %v)", engine, sim.EngineNames())
+			}
+			if err := sim.CheckVariant(engine, v); err != nil {
+				return fmt.Errorf("--broken: %w", err)
 			}
 			out := cmd.OutOrStdout()
 			if cmd.Flags().Changed("seed") {
@@ -90,7 +95,7 @@ violation. --seed S --trace replays one seed and prints every event.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&engine, "engine", "raft", "engine to simulate")
+	f.StringVar(&engine, "engine", "raft", fmt.Sprintf("engine to simulate (%v)", sim.EngineNames()))
 	f.IntSliceVar(&nodes, "nodes", []int{5}, "cluster size; a list (3,5) cycles through the sizes over the seeds")
 	f.IntVar(&seeds, "seeds", 100, "how many seeds to run")
 	f.Uint64Var(&start, "start", 1, "first seed of the sweep")
