@@ -104,7 +104,11 @@ func (a *applier) applyAddresses(cc consensus.ConfChange) {
 		case c.Type == consensus.RemoveNode:
 			delete(a.book, c.NodeID)
 			if c.NodeID == n.id {
-				n.log.Warn("this node was removed from the group")
+				// The change is committed (it is being applied): the
+				// group no longer needs this node, which stops, as an
+				// etcd member removed from its cluster does.
+				n.log.Warn("this node was removed from the group: stopping")
+				n.signalStop(ErrRemoved)
 			}
 			if n.peers != nil {
 				n.peers.remove(c.NodeID)

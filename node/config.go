@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/paxos"
 	"github.com/ballotdb/ballot/raft"
 	"github.com/ballotdb/ballot/transport"
 	"github.com/ballotdb/ballot/vfs"
@@ -35,6 +36,11 @@ type Config struct {
 	// members to accept connections from. Ignored when the data directory
 	// holds state.
 	Join bool
+	// ForceNewCluster turns the data directory's state into a one-member
+	// group of this node, keeping all its data: disaster recovery when a
+	// majority of the members is lost for good (see forceNewCluster). Use
+	// it once, then restart without it and add new members.
+	ForceNewCluster bool
 
 	// DataDir holds the write-ahead log (DataDir/wal) and snapshots
 	// (DataDir/snap). Required.
@@ -84,18 +90,32 @@ type Config struct {
 	// the election timeout.
 	FsyncStallTimeout time.Duration
 
-	// Engine builds the consensus engine. Default: Raft with PreVote and
-	// CheckQuorum.
+	// EngineKind picks the default engine when Engine is nil: EngineRaft
+	// (the default) or EnginePaxos.
+	EngineKind EngineKind
+	// Engine builds the consensus engine. Default: the EngineKind's, Raft
+	// with PreVote and CheckQuorum, or Multi-Paxos.
 	Engine func(EngineConfig, consensus.InitialState) (consensus.Engine, error)
 	// Logger receives the node's logs, with stable keys node, term,
 	// index, peer, err. Default: discard.
 	Logger *slog.Logger
 	// Clock is the source of ticks. Default: the real monotonic clock.
 	Clock Clock
+	// Observer is told what the node does, for metrics and dashboards
+	// (see Observer: it must never block). Default: none.
+	Observer Observer
 
 	// knobs are test-only behaviours.
 	knobs testingKnobs
 }
+
+// EngineKind names a consensus engine.
+type EngineKind string
+
+const (
+	EngineRaft  EngineKind = "raft"  // package raft
+	EnginePaxos EngineKind = "paxos" // package paxos
+)
 
 // EngineConfig is what the node tells an engine factory.
 type EngineConfig struct {
@@ -147,14 +167,23 @@ func (c Config) withDefaults() Config {
 	if c.FsyncStallTimeout == 0 {
 		c.FsyncStallTimeout = time.Duration(c.ElectionTicks) * c.TickInterval
 	}
+	if c.EngineKind == "" {
+		c.EngineKind = EngineRaft
+	}
 	if c.Engine == nil {
 		c.Engine = newRaft
+		if c.EngineKind == EnginePaxos {
+			c.Engine = newPaxos
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Clock == nil {
 		c.Clock = realClock{}
+	}
+	if c.Observer == nil {
+		c.Observer = NopObserver{}
 	}
 	return c
 }
@@ -185,6 +214,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: Config.MaxPendingProposals must be positive, got %d", c.MaxPendingProposals)
 	case c.FsyncStallTimeout < 0:
 		return fmt.Errorf("node: Config.FsyncStallTimeout must be positive, got %v", c.FsyncStallTimeout)
+	case c.EngineKind != EngineRaft && c.EngineKind != EnginePaxos:
+		return fmt.Errorf("node: Config.EngineKind %q is not %q or %q", c.EngineKind, EngineRaft, EnginePaxos)
 	case c.WALSegmentBytes != 0 && c.WALSegmentBytes < 64<<10:
 		return fmt.Errorf("node: Config.WALSegmentBytes must be at least 64 KiB, got %d", c.WALSegmentBytes)
 	}
@@ -206,5 +237,12 @@ func newRaft(ec EngineConfig, st consensus.InitialState) (consensus.Engine, erro
 	return raft.New(raft.Config{
 		ID: ec.ID, ElectionTick: ec.ElectionTicks, HeartbeatTick: ec.HeartbeatTicks, Seed: ec.Seed,
 		PreVote: true, CheckQuorum: true,
+	}, st)
+}
+
+// newPaxos is the Multi-Paxos engine with its defaults (majority quorums).
+func newPaxos(ec EngineConfig, st consensus.InitialState) (consensus.Engine, error) {
+	return paxos.New(paxos.Config{
+		ID: ec.ID, ElectionTick: ec.ElectionTicks, HeartbeatTick: ec.HeartbeatTicks, Seed: ec.Seed,
 	}, st)
 }

@@ -62,6 +62,14 @@
 // full one fails Propose with ErrBusy; the transport's reports are
 // coalesced per peer.
 //
+// # Observing
+//
+// Config.Observer (see metrics.go) is told what the node does — messages
+// sent, received and dropped, role/term/leader changes, WAL writes with
+// their fsync time, snapshots, proposals' outcomes, membership changes —
+// synchronously, on the goroutine that did it. It must never block:
+// package metrics counts, package web samples into a bounded stream.
+//
 // # Exactly once
 //
 // Every proposal is wrapped in an envelope (origin, incarnation, seq,

@@ -21,6 +21,9 @@ var (
 	// the node stopped itself after a storage failure the error also wraps
 	// that cause (errors.Is(err, syscall.EIO), say).
 	ErrStopped = errors.New("node: stopped")
+	// ErrRemoved: the node stopped because it applied its own removal
+	// from the group (Err returns it). Its ID is never reused.
+	ErrRemoved = errors.New("node: this member was removed from the group")
 	// ErrBusy: the bounded queue of pending proposals (or reads) is full.
 	// Nothing was submitted; retry later.
 	ErrBusy = errors.New("node: too many pending requests")
@@ -47,3 +50,7 @@ func (e *stoppedError) Error() string {
 
 func (e *stoppedError) Is(target error) bool { return target == ErrStopped }
 func (e *stoppedError) Unwrap() error        { return e.cause }
+
+// ErrConfUnchanged (a consensus.ErrInvalidConfChange): a membership change
+// committed but changed nothing, such as adding a voter that already votes.
+var ErrConfUnchanged = fmt.Errorf("%w: the change changed nothing", consensus.ErrInvalidConfChange)

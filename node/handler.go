@@ -15,7 +15,9 @@ type handler struct{ n *Node }
 func (h handler) Receive(m consensus.Message) {
 	select {
 	case h.n.recvc <- m:
+		h.n.obs.MessageReceived(m)
 	default:
+		h.n.obs.MessageDropped(m, DropInboxFull)
 		h.n.log.Debug("inbox full: message dropped", "peer", m.From, "type", m.Type.String())
 	}
 }

@@ -196,6 +196,12 @@ func (l *loop) propose(p *proposal) {
 		return // abandoned while queued
 	}
 	p.triedTick, p.triedTerm = l.tick, l.n.term.Load()
+	if p.leaderTerm != 0 {
+		if st := l.eng.Status(); st.Role != consensus.Leader || st.Epoch != p.leaderTerm {
+			l.n.props.settle(p.seq, result{err: &consensus.NotLeaderError{Leader: st.Leader}})
+			return
+		}
+	}
 	if err := l.eng.Propose(p.data); err != nil {
 		l.n.props.settle(p.seq, result{err: proposeErr(err)})
 	}
@@ -234,7 +240,7 @@ func (l *loop) retryProposals() {
 	}
 	var again []*proposal
 	n.props.each(func(p *proposal) {
-		if p.kind != propNormal || p.state.Load() != propProposed {
+		if p.kind != propNormal || p.state.Load() != propProposed || p.leaderTerm != 0 {
 			return
 		}
 		age := l.tick - p.triedTick
@@ -477,6 +483,9 @@ func (l *loop) advance(applied uint64) {
 		before := l.confCur
 		l.confCur = l.eng.Status().ConfState
 		l.confHist = append(l.confHist, confAt{e.Index, l.confCur})
+		if !sameConf(before, l.confCur) {
+			l.n.obs.MembershipChanged(e.Index, l.confCur)
+		}
 		l.settleConf(e, before, l.confCur)
 	}
 	l.eng.Advance(applied)
@@ -494,8 +503,8 @@ func (l *loop) settleConf(e consensus.Entry, before, after consensus.ConfState) 
 		return
 	}
 	if sameConf(before, after) {
-		n.props.settle(env.seq, result{err: fmt.Errorf("%w: committed at index %d but it changed nothing (membership %s)",
-			consensus.ErrInvalidConfChange, e.Index, after)})
+		n.props.settle(env.seq, result{err: fmt.Errorf("%w: committed at index %d (membership %s)",
+			ErrConfUnchanged, e.Index, after)})
 		return
 	}
 	n.props.settle(env.seq, result{})
@@ -549,10 +558,14 @@ func (l *loop) send(msgs []consensus.Message) {
 		select {
 		case n.snapSend <- m:
 		default:
+			n.obs.MessageDropped(m, DropSnapshotBusy)
 			n.reports.snapshot(m.To, false)
 		}
 	}
 	if len(out) > 0 {
+		for _, m := range out {
+			n.obs.MessageSent(m)
+		}
 		n.tr.Send(out)
 	}
 }
@@ -622,8 +635,12 @@ func (l *loop) refreshStatus() {
 	n := l.n
 	st := l.status()
 	n.lastStatus.Store(&st)
-	n.role.Store(uint32(st.Role))
+	oldRole := consensus.Role(n.role.Swap(uint32(st.Role)))
 	oldLead, oldTerm := consensus.NodeID(n.lead.Swap(uint64(st.Leader))), n.term.Swap(st.Epoch)
+	if oldRole != st.Role || oldLead != st.Leader || oldTerm != st.Epoch {
+		n.obs.StatusChanged(StatusChange{ID: n.id, Role: st.Role, PrevRole: oldRole, Term: st.Epoch, PrevTerm: oldTerm,
+			Leader: st.Leader, PrevLeader: oldLead})
+	}
 	if oldLead != st.Leader || oldTerm != st.Epoch {
 		if oldLead != st.Leader {
 			n.log.Info("leader changed", "term", st.Epoch, "leader", st.Leader, "role", st.Role.String())

@@ -91,6 +91,16 @@ func TestMembershipOverTCP(t *testing.T) {
 		}
 		return lead.RemoveMember(ctx, victim)
 	})
+	// The removed node stops itself once it applies its removal (if it
+	// was reachable; it was).
+	select {
+	case <-c.node(victim).Done():
+		if err := c.node(victim).Err(); !errors.Is(err, ErrRemoved) {
+			t.Fatalf("removed node stopped with %v, want ErrRemoved", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("removed node did not stop")
+	}
 	c.node(victim).Stop()
 	write("removed", 20)
 	c.waitConverged(len(acked))

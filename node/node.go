@@ -27,6 +27,7 @@ import (
 type Node struct {
 	cfg         Config
 	log         *slog.Logger
+	obs         Observer // cfg.Observer: metrics and dashboards
 	id          consensus.NodeID
 	incarnation uint64
 
@@ -86,6 +87,7 @@ func Start(ctx context.Context, cfg Config, sm StateMachine) (*Node, error) {
 	n := &Node{
 		cfg: cfg, id: cfg.ID,
 		log:         cfg.Logger.With("node", cfg.ID),
+		obs:         cfg.Observer,
 		recvc:       make(chan consensus.Message, 4096),
 		propc:       make(chan *proposal, cfg.MaxPendingProposals),
 		reqc:        make(chan func(*loop), 64),
@@ -98,7 +100,7 @@ func Start(ctx context.Context, cfg Config, sm StateMachine) (*Node, error) {
 		snapTaken:   make(chan *snapJob, 1),
 		appliedNote: make(chan struct{}, 1),
 		reports:     newReports(),
-		props:       newProposals(cfg.MaxPendingProposals),
+		props:       newProposals(cfg.MaxPendingProposals, cfg.Observer),
 		stopc:       make(chan struct{}),
 		done:        make(chan struct{}),
 	}
@@ -329,6 +331,38 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) ([]byte, error) {
 	return n.wait(ctx, p)
 }
 
+// ProposeAsLeader is Propose for a command only the leader of term may
+// make, such as a lease revocation decided on the leader's own clock: it
+// fails with ErrNotLeader unless this node leads in term when the engine
+// takes it, and it is never forwarded to, or sent again through, another
+// leader. A leader deposed while paused therefore cannot have a decision
+// it made on its stale view committed by its successor.
+func (n *Node) ProposeAsLeader(ctx context.Context, term uint64, cmd []byte) ([]byte, error) {
+	if err := n.admit(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if term == 0 {
+		return nil, fmt.Errorf("node: ProposeAsLeader needs a term: %w", ErrNotLeader)
+	}
+	p, err := n.props.add(propNormal, func(p *proposal, floor uint64) {
+		p.leaderTerm = term
+		p.data = encodeEnvelope(envelope{origin: n.id, incarnation: n.incarnation, seq: p.seq, floor: floor, payload: cmd})
+	})
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case n.propc <- p:
+	default:
+		n.props.forget(p.seq)
+		return nil, ErrBusy
+	}
+	return n.wait(ctx, p)
+}
+
 // wait waits for p to settle.
 func (n *Node) wait(ctx context.Context, p *proposal) ([]byte, error) {
 	select {
@@ -459,6 +493,32 @@ func (n *Node) PromoteMember(ctx context.Context, id consensus.NodeID) error {
 // RemoveMember removes id from the group for good; its ID is never reused.
 func (n *Node) RemoveMember(ctx context.Context, id consensus.NodeID) error {
 	return n.changeMembership(ctx, consensus.RemoveNode, id, "")
+}
+
+// UpdatePeerAddr records, through the log, that member id now listens for
+// peers at addr; its role does not change.
+func (n *Node) UpdatePeerAddr(ctx context.Context, id consensus.NodeID, addr string) error {
+	if addr == "" {
+		return fmt.Errorf("%w: empty peer address", consensus.ErrInvalidConfChange)
+	}
+	t := consensus.AddVoter
+	if slices.Contains(n.Status().ConfState.Learners, id) {
+		t = consensus.AddLearner
+	}
+	err := n.changeMembership(ctx, t, id, addr)
+	if errors.Is(err, ErrConfUnchanged) {
+		return nil
+	}
+	return err
+}
+
+// PeerAddrs returns where this node believes each member listens for
+// peers: the addresses given in Config.Peers and learned from the log.
+func (n *Node) PeerAddrs() map[consensus.NodeID]string {
+	if n.peers == nil {
+		return map[consensus.NodeID]string{}
+	}
+	return n.peers.snapshot()
 }
 
 // changeMembership proposes one membership step on the leader and waits

@@ -37,6 +37,10 @@ type proposal struct {
 	state atomic.Int32
 	done  chan result // capacity 1: settled once
 
+	// leaderTerm, when set, makes this a leader-only proposal: taken only
+	// by the leader of that term, never forwarded or sent again.
+	leaderTerm uint64
+
 	// Owned by the engine goroutine.
 	triedTick uint64
 	triedTerm uint64
@@ -51,10 +55,11 @@ type proposals struct {
 	m     map[uint64]*proposal
 	order []uint64 // seqs in creation order; settled ones are skipped lazily
 	next  uint64
+	obs   Observer // told each proposal's outcome
 }
 
-func newProposals(max int) *proposals {
-	return &proposals{max: max, m: map[uint64]*proposal{}}
+func newProposals(max int, obs Observer) *proposals {
+	return &proposals{max: max, m: map[uint64]*proposal{}, obs: obs}
 }
 
 // add registers a new proposal; build receives its seq and the floor (the
@@ -64,6 +69,7 @@ func (ps *proposals) add(kind propKind, build func(p *proposal, floor uint64)) (
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if len(ps.m) >= ps.max {
+		ps.obs.ProposalDone(ErrBusy)
 		return nil, ErrBusy
 	}
 	ps.next++
@@ -85,14 +91,19 @@ func (ps *proposals) settle(seq uint64, res result) {
 	ps.mu.Unlock()
 	if p != nil {
 		p.done <- res
+		ps.obs.ProposalDone(res.err)
 	}
 }
 
 // forget removes seq without delivering anything (its caller gave up).
 func (ps *proposals) forget(seq uint64) {
 	ps.mu.Lock()
+	_, ok := ps.m[seq]
 	delete(ps.m, seq)
 	ps.mu.Unlock()
+	if ok {
+		ps.obs.ProposalDone(ErrAbandoned)
+	}
 }
 
 // each calls fn for every unsettled proposal, under the lock.
@@ -113,6 +124,7 @@ func (ps *proposals) failAll(err error) {
 	ps.mu.Unlock()
 	for _, p := range all {
 		p.done <- result{err: err}
+		ps.obs.ProposalDone(err)
 	}
 }
 

@@ -1,11 +1,13 @@
 package node
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/ballotdb/ballot/consensus"
 	"github.com/ballotdb/ballot/snap"
@@ -62,6 +64,12 @@ func (n *Node) recover(sm StateMachine) (*recovered, error) {
 	}
 	fresh := st.HardState.IsEmpty() && len(st.Entries) == 0 && st.Snapshot.Index == 0
 	switch {
+	case !fresh && cfg.ForceNewCluster:
+		init, err := n.forceNewCluster(rec.app, st)
+		if err != nil {
+			return fail(err)
+		}
+		rec.initial = init
 	case !fresh:
 		rec.initial = consensus.InitialState{HardState: st.HardState, Snapshot: st.Snapshot,
 			Entries: st.Entries, Applied: st.Snapshot.Index}
@@ -76,6 +84,47 @@ func (n *Node) recover(sm StateMachine) (*recovered, error) {
 		rec.bootstrap = true
 	}
 	return rec, nil
+}
+
+// forceNewCluster turns this member's data into a one-member group, for
+// disaster recovery when a majority is lost for good. It applies every
+// entry in the local log, also those this member had not yet learned were
+// committed (an entry acknowledged to a client was committed, and may be
+// among them; keeping an unacknowledged one is harmless), then records a
+// snapshot of the result whose membership is this node alone, and starts
+// from it. Other members' addresses are forgotten.
+func (n *Node) forceNewCluster(app *applier, st *wal.State) (consensus.InitialState, error) {
+	for i := range st.Entries {
+		app.apply(&st.Entries[i])
+	}
+	if n.cause() != nil {
+		return consensus.InitialState{}, fmt.Errorf("node: force new cluster: this member applied its own removal from the group (%w)", ErrRemoved)
+	}
+	app.book = map[consensus.NodeID]string{n.id: n.cfg.Peers[n.id]}
+	var buf bytes.Buffer
+	buf.Write(encodeSnapshotHeader(app.sessions, app.book))
+	if err := app.sm.Snapshot(&buf); err != nil {
+		return consensus.InitialState{}, fmt.Errorf("node: force new cluster: snapshot: %w", err)
+	}
+	// The epoch (Raft's term, Paxos's promised ballot) stays: the engine
+	// moves past it when it campaigns alone.
+	epoch := max(st.HardState.Epoch, app.appliedEpoch)
+	meta := consensus.SnapshotMeta{Index: app.applied, Epoch: app.appliedEpoch,
+		ConfState: consensus.ConfState{Voters: []consensus.NodeID{n.id}}}
+	if err := n.snaps.Save(meta, buf.Bytes()); err != nil {
+		return consensus.InitialState{}, fmt.Errorf("node: force new cluster: %w", err)
+	}
+	hs := consensus.HardState{Epoch: epoch, Vote: st.HardState.Vote, Commit: app.applied}
+	if err := n.wal.Save(n.ctx, wal.Batch{Snapshot: &meta, HardState: hs}); err != nil {
+		return consensus.InitialState{}, fmt.Errorf("node: force new cluster: %w", err)
+	}
+	if err := n.wal.ReleaseTo(meta.Index); err != nil {
+		n.log.Warn("releasing WAL segments failed", "index", meta.Index, "err", err)
+	}
+	n.applied.Store(meta.Index)
+	n.log.Warn("forced a new one-member cluster from this member's data", "index", meta.Index, "epoch", epoch,
+		"dropped_members", st.Snapshot.ConfState.String())
+	return consensus.InitialState{HardState: hs, Snapshot: meta, Applied: meta.Index}, nil
 }
 
 // persistJob is one Ready's durable part, handed to the persister. A job
@@ -108,13 +157,21 @@ func (n *Node) runPersister() {
 
 func (n *Node) doPersist(j *persistJob) error {
 	if j.snap != nil && !j.snapSaved {
+		start := time.Now()
 		if err := n.snaps.Save(j.snap.Meta, j.snap.Data); err != nil {
 			return err
 		}
 		j.snapSaved = true
+		n.obs.SnapshotSaved(SnapshotSave{Index: j.snap.Meta.Index, Term: j.snap.Meta.Epoch, Bytes: len(j.snap.Data),
+			Duration: time.Since(start), FromLeader: true})
 	}
 	for j.next < len(j.batches) {
-		if err := n.wal.Save(n.ctx, j.batches[j.next]); err != nil {
+		b := &j.batches[j.next]
+		start := time.Now()
+		err := n.wal.Save(n.ctx, *b)
+		n.obs.WALWritten(WALWrite{Duration: time.Since(start), Bytes: entriesBytes(b.Entries), Entries: b.Entries,
+			Truncate: b.Truncate, TruncateAfter: b.TruncateAfter, Err: err})
+		if err != nil {
 			return err
 		}
 		j.next++
@@ -164,12 +221,14 @@ func (n *Node) runSnapshotter() {
 // releases what it covers: the file first, so the WAL never points at a
 // snapshot that is not there.
 func (n *Node) saveSnapshot(j *snapJob) error {
+	start := time.Now()
 	if err := n.snaps.Save(j.meta, j.data); err != nil {
 		return err
 	}
 	if err := n.wal.Save(n.ctx, wal.Batch{Snapshot: &j.meta}); err != nil {
 		return err
 	}
+	n.obs.SnapshotSaved(SnapshotSave{Index: j.meta.Index, Term: j.meta.Epoch, Bytes: len(j.data), Duration: time.Since(start)})
 	if err := n.wal.ReleaseTo(j.meta.Index); err != nil {
 		n.log.Warn("releasing WAL segments failed", "index", j.meta.Index, "err", err)
 	}
@@ -190,5 +249,6 @@ func (n *Node) sendSnapshot(m consensus.Message) {
 	}
 	m.Snapshot = &consensus.Snapshot{Meta: m.Snapshot.Meta, Data: data}
 	n.log.Info("sending snapshot", "peer", m.To, "index", m.Snapshot.Meta.Index, "bytes", len(data))
+	n.obs.MessageSent(m)
 	n.tr.Send([]consensus.Message{m})
 }
