@@ -3,6 +3,17 @@
 // member, with writes replicated through a node.Node and applied to the
 // kv MVCC store.
 //
+// # The client port
+//
+// One listener serves gRPC and etcd's JSON gateway (POST /v3/kv/range and
+// the rest, etcd's own generated grpc-gateway handlers with etcd's JSON
+// settings), in plain text or, with Config.TLS, over TLS with optional
+// client-certificate authentication. Each new connection is classified
+// once (listen.go): gRPC clients get grpc.Server's own transport, HTTP
+// clients net/http and the gateway, which calls the same grpc.Server over
+// an in-memory connection. Certificate files are read again, at most once
+// a second, when they change (tls.go).
+//
 // # Requests
 //
 // Writes (Put, DeleteRange, Txn with writes, Compact, lease grant and

@@ -57,6 +57,9 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
+	if err := k.s.refuseWrite(ctx, &pb.InternalRaftRequest{Put: r}); err != nil {
+		return nil, err
+	}
 	if k.s.cfg.Unsafe.EarlyAck {
 		go func() { // BROKEN ON PURPOSE: answer before the write commits
 			ctx, cancel := context.WithTimeout(context.Background(), k.s.requestTimeout())
@@ -78,6 +81,9 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err := kv.ValidateDeleteRange(r); err != nil {
 		return nil, err
 	}
+	if err := k.s.refuseWrite(ctx, &pb.InternalRaftRequest{DeleteRange: r}); err != nil {
+		return nil, err
+	}
 	resp, err := k.s.propose(ctx, &pb.InternalRaftRequest{DeleteRange: r})
 	if err != nil {
 		return nil, err
@@ -89,6 +95,9 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 
 func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if err := checkTxn(r, MaxTxnOps); err != nil {
+		return nil, err
+	}
+	if err := k.s.refuseWrite(ctx, &pb.InternalRaftRequest{Txn: r}); err != nil {
 		return nil, err
 	}
 	var resp any
@@ -114,6 +123,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 }
 
 func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if err := k.s.refuseWrite(ctx, &pb.InternalRaftRequest{Compaction: r}); err != nil {
+		return nil, err
+	}
 	resp, err := k.s.propose(ctx, &pb.InternalRaftRequest{Compaction: r})
 	if err != nil {
 		return nil, err

@@ -103,6 +103,9 @@ func (l *lessor) check() {
 			l.deadline[id] = now.Add(time.Duration(ttl) * time.Second)
 			continue
 		}
+		if l.s.cfg.Unsafe.LeaseEarlyExpiry {
+			d = d.Add(-time.Duration(ttl) * time.Second / 2) // BROKEN ON PURPOSE
+		}
 		if now.After(d) {
 			expired = append(expired, id)
 		}
@@ -115,9 +118,17 @@ func (l *lessor) check() {
 	}
 	l.mu.Unlock()
 	for _, id := range expired {
+		// Only the leader of this term may revoke on its own clock: a
+		// revocation it decided before a pause must not be forwarded to
+		// (and committed by) the leader that replaced it meanwhile
+		// (etcd-io/etcd#15247).
 		ctx, cancel := context.WithTimeout(context.Background(), l.s.requestTimeout())
-		_, err := l.s.propose(ctx, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}})
+		_, err := l.s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}},
+			func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
 		cancel()
+		if errors.Is(err, rpctypes.ErrGRPCNoLeader) {
+			return // no longer the leader of term: the next leader decides
+		}
 		if err != nil && !errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
 			l.s.log.Warn("revoking an expired lease failed; will retry", "lease", id, "err", err)
 			continue
@@ -126,22 +137,24 @@ func (l *lessor) check() {
 	}
 }
 
-// renew moves a lease's deadline on the leader; it reports false when
-// this member is not the leader (the caller relays through the log).
-func (l *lessor) renew(id int64) bool {
-	n := l.s.node
-	if n.Role() != consensus.Leader {
-		return false
-	}
+// renew moves a lease's deadline on the leader of term. It reports
+// expired when the deadline has already passed: the lease is being revoked
+// and must not be renewed (etcd answers "not found" then). Before the
+// lessor has taken up leadership of term (check), renewing needs nothing:
+// taking up gives every lease a full TTL from that moment.
+func (l *lessor) renew(id int64, term uint64) (expired bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.leaderFor == 0 {
-		return false // leadership not yet taken up by check: relay
+	if l.leaderFor != term {
+		return false
+	}
+	if d, ok := l.deadline[id]; ok && time.Now().After(d) {
+		return true
 	}
 	if ttl, ok := l.ttl[id]; ok {
 		l.deadline[id] = time.Now().Add(time.Duration(ttl) * time.Second)
 	}
-	return true
+	return false
 }
 
 // renewed is called by the apply goroutine for a keep-alive relayed
@@ -150,6 +163,9 @@ func (l *lessor) renewed(id int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if ttl, ok := l.ttl[id]; ok && l.leaderFor != 0 {
+		if d, ok := l.deadline[id]; ok && time.Now().After(d) {
+			return // expired: its revocation is under way
+		}
 		l.deadline[id] = time.Now().Add(time.Duration(ttl) * time.Second)
 	}
 }
@@ -175,6 +191,9 @@ type leaseServer struct {
 func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 	if r.TTL > MaxLeaseTTL {
 		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
+	}
+	if err := ls.s.refuseWrite(ctx, &pb.InternalRaftRequest{LeaseGrant: r}); err != nil {
+		return nil, err
 	}
 	req := &pb.LeaseGrantRequest{TTL: max(r.TTL, ls.s.less.minTTL()), ID: r.ID}
 	if req.ID == 0 {
@@ -254,23 +273,77 @@ func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 	}
 }
 
-// keepAliveOnce renews one lease: on the leader directly, elsewhere through
-// the log. A lease that does not exist gets TTL 0, as etcd answers.
+// keepAliveOnce renews one lease. Only the leader renews, once a quorum
+// round has confirmed it still leads (a deposed leader that does not know
+// it yet must not promise a TTL its successor will not keep); any other
+// member forwards the keep-alive to the leader's client port and hands
+// back its answer, as etcd's followers do. A lease that does not exist, or
+// whose deadline has passed, gets ErrGRPCLeaseNotFound (TTL 0).
 func (ls *leaseServer) keepAliveOnce(ctx context.Context, id int64) (int64, error) {
-	ttl, _, err := ls.s.store.LeaseTimeToLive(id, false)
-	if err != nil {
-		return 0, rpctypes.ErrGRPCLeaseNotFound
+	s := ls.s
+	ctx, cancel := s.requestContext(ctx)
+	defer cancel()
+	for {
+		n := s.node
+		if term := n.Term(); n.Role() == consensus.Leader && s.confirmLeader(ctx, term) {
+			ttl, _, err := s.store.LeaseTimeToLive(id, false)
+			if err != nil || s.less.renew(id, term) {
+				return 0, rpctypes.ErrGRPCLeaseNotFound
+			}
+			return ttl, nil
+		}
+		lead := uint64(n.Leader())
+		if lead != 0 && lead != s.id {
+			ttl, err := ls.forwardKeepAlive(ctx, lead, id)
+			if err == nil || !errors.Is(err, errNoClientURL) {
+				return ttl, err
+			}
+		}
+		if err := s.waitLeader(ctx); err != nil {
+			return 0, err
+		}
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, s.toGRPC(ctx, ctx.Err())
+		case <-t.C:
+		}
 	}
-	if ls.s.less.renew(id) {
-		return ttl, nil
-	}
-	_, err = ls.s.propose(ctx, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{
-		Checkpoints: []*pb.LeaseCheckpoint{{ID: id, Remaining_TTL: ttl}}}})
+}
+
+// forwardKeepAlive asks the leader to renew a lease.
+func (ls *leaseServer) forwardKeepAlive(ctx context.Context, lead uint64, id int64) (int64, error) {
+	conn, err := ls.s.dialMember(lead)
 	if err != nil {
 		return 0, err
 	}
-	if _, _, err := ls.s.store.LeaseTimeToLive(id, false); err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := pb.NewLeaseClient(conn).LeaseKeepAlive(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := st.Send(&pb.LeaseKeepAliveRequest{ID: id}); err != nil {
+		return 0, err
+	}
+	resp, err := st.Recv()
+	st.CloseSend()
+	if err != nil {
+		return 0, err
+	}
+	if resp.TTL <= 0 {
 		return 0, rpctypes.ErrGRPCLeaseNotFound
 	}
-	return ttl, nil
+	return resp.TTL, nil
+}
+
+// confirmLeader reports whether this member still leads in term, confirmed
+// by a quorum round (etcd's ensureLeadership).
+func (s *Server) confirmLeader(ctx context.Context, term uint64) bool {
+	n := s.node
+	if n.Role() != consensus.Leader || n.Term() != term {
+		return false
+	}
+	return n.ReadBarrier(ctx) == nil && n.Role() == consensus.Leader && n.Term() == term
 }

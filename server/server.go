@@ -7,7 +7,6 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net"
-	"sort"
 	"sync"
 	"time"
 
@@ -50,9 +49,33 @@ type Config struct {
 	ClusterID    uint64
 
 	// InitialCluster maps member names to peer addresses (host:port).
+	// With Join it must name this member, so that it knows its own peer
+	// address and hence its ID.
 	InitialCluster map[string]string
-	// Join starts this member empty, to be added by an existing cluster.
+	// Join starts this member empty, to be added by an existing cluster
+	// (MemberAdd with this member's peer URL, before it starts).
 	Join bool
+
+	// Engine is the consensus engine: node.EngineRaft (default) or
+	// node.EnginePaxos. Every member of a cluster must run the same one.
+	Engine node.EngineKind
+
+	// PeerRoutes overrides, by member name, the address this member dials
+	// to reach a peer, leaving IDs (derived from InitialCluster) alone:
+	// the chaos rig routes each link through its own fault proxy.
+	PeerRoutes map[string]string
+
+	// ForceNewCluster starts this member as a new one-member cluster from
+	// its data (disaster recovery; see node.Config.ForceNewCluster). Use
+	// it once.
+	ForceNewCluster bool
+
+	// AdvertiseClientURLs are the client URLs this member publishes to the
+	// cluster (MemberList, forwarding); default the client listener's
+	// address.
+	AdvertiseClientURLs []string
+	// PeerTLS says peers talk TLS, so peer URLs are listed as https.
+	PeerTLS bool
 
 	DataDir string
 	FS      vfs.FS // default: the OS
@@ -61,6 +84,9 @@ type Config struct {
 	// consensus traffic. The server owns and closes both.
 	ClientListener net.Listener
 	PeerListener   net.Listener
+	// TLS, if set, serves the client port over TLS only (gRPC and the
+	// JSON gateway alike); the peer port is unchanged.
+	TLS *TLSConfig
 
 	// TickInterval and ElectionTicks set the engine's timing; defaults
 	// 100 ms and 10 (an election timeout of 1 s to 2 s).
@@ -75,7 +101,22 @@ type Config struct {
 	// Seed seeds the engine's randomness; 0 draws one.
 	Seed uint64
 
+	// QuotaBackendBytes bounds the data the store holds (its history, as
+	// kv.ByteCounter counts it): beyond it the leader raises the NOSPACE
+	// alarm and writes are refused until it is disarmed (see quota.go).
+	// 0 means DefaultQuotaBackendBytes (2 GiB, as etcd); negative, none.
+	QuotaBackendBytes int64
+	// CorruptCheckTime is how often the leader compares HashKV across the
+	// members (see corrupt.go). 0 means DefaultCorruptCheckTime; negative,
+	// never.
+	CorruptCheckTime time.Duration
+
 	Logger *slog.Logger
+	// Clock is the node's source of ticks; default the real monotonic
+	// clock (the chaos rig's test build passes one whose rate it skews).
+	Clock node.Clock
+	// Observe hooks metrics and dashboards in (see metrics.go).
+	Observe Observe
 
 	// testing knobs: deliberately broken behaviours for the chaos rig's
 	// proof that its checker bites. Never set in production.
@@ -91,41 +132,37 @@ type UnsafeKnobs struct {
 	// EarlyAck acknowledges a Put as soon as it is handed to the engine,
 	// before it commits.
 	EarlyAck bool
+	// LeaseEarlyExpiry makes the leader expire a lease at half its TTL
+	// after the last keep-alive.
+	LeaseEarlyExpiry bool
+	// CorruptPuts makes this member apply every Put with its value
+	// changed, so that its state diverges (the consistency check's test).
+	CorruptPuts bool
 }
 
-// MemberIDFor derives a member ID from its name and the cluster token, as
-// etcd derives one from its peer URLs and token: stable across restarts,
-// never 0.
-func MemberIDFor(name, token string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(token))
-	h.Write([]byte{0})
-	h.Write([]byte(name))
-	id := h.Sum64()
-	if id == 0 {
-		id = 1
-	}
-	return id
+// MemberIDFor derives a member's ID from the cluster token and its peer
+// address (host:port), as etcd derives one from its peer URLs and token:
+// stable across restarts, the same whether the member was an initial one
+// or added later, never 0. See members.go.
+func MemberIDFor(token, peerAddr string) uint64 {
+	return nonZeroHash("member", token, peerAddr)
 }
 
-// ClusterIDFor derives the cluster ID from the token and initial members.
-func ClusterIDFor(token string, initial map[string]string) uint64 {
-	names := make([]string, 0, len(initial))
-	for n := range initial {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+// ClusterIDFor derives the cluster ID from the cluster token alone, so a
+// member joining later computes it without asking: give every cluster its
+// own token, as etcd advises.
+func ClusterIDFor(token string) uint64 { return nonZeroHash("cluster", token) }
+
+func nonZeroHash(parts ...string) uint64 {
 	h := fnv.New64a()
-	h.Write([]byte(token))
-	for _, n := range names {
+	for _, p := range parts {
+		h.Write([]byte(p))
 		h.Write([]byte{0})
-		h.Write([]byte(n))
 	}
-	id := h.Sum64()
-	if id == 0 {
-		id = 1
+	if id := h.Sum64(); id != 0 {
+		return id
 	}
-	return id
+	return 1
 }
 
 // Server is one ballot member serving the etcd v3 API.
@@ -137,8 +174,13 @@ type Server struct {
 	store *kv.Store
 	node  *node.Node
 	grpc  *grpc.Server
+	front *front
 	hub   *hub
+	certs *certStore // client TLS; nil: plain text
 	less  *lessor
+
+	mconns memberConns // to other members: forwarding, consistency checks
+	maint  maintState  // data size, quota and consistency check: see quota.go, corrupt.go
 
 	stopOnce sync.Once
 	stopc    chan struct{}
@@ -155,11 +197,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.ClusterToken == "" {
 		cfg.ClusterToken = "ballot-cluster"
 	}
+	self, ok := cfg.InitialCluster[cfg.Name]
+	if !ok && cfg.MemberID == 0 {
+		return nil, fmt.Errorf("server: --initial-cluster must include this member (%q) and its peer address", cfg.Name)
+	}
 	if cfg.MemberID == 0 {
-		cfg.MemberID = MemberIDFor(cfg.Name, cfg.ClusterToken)
+		cfg.MemberID = MemberIDFor(cfg.ClusterToken, self)
 	}
 	if cfg.ClusterID == 0 {
-		cfg.ClusterID = ClusterIDFor(cfg.ClusterToken, cfg.InitialCluster)
+		cfg.ClusterID = ClusterIDFor(cfg.ClusterToken)
 	}
 	if cfg.MaxRequestBytes == 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
@@ -170,13 +216,17 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.ClientListener == nil || cfg.PeerListener == nil {
 		return nil, errors.New("server: Config.ClientListener and Config.PeerListener are required")
 	}
-	if !cfg.Join {
-		if _, ok := cfg.InitialCluster[cfg.Name]; !ok {
-			return nil, fmt.Errorf("server: --initial-cluster must include this member (%q)", cfg.Name)
+	var certs *certStore
+	if cfg.TLS != nil {
+		var err error
+		if certs, err = newCertStore(*cfg.TLS, cfg.Logger.With("member", cfg.Name)); err != nil {
+			cfg.ClientListener.Close()
+			cfg.PeerListener.Close()
+			return nil, err
 		}
 	}
 	s := &Server{
-		cfg: cfg, id: cfg.MemberID, clus: cfg.ClusterID,
+		cfg: cfg, id: cfg.MemberID, clus: cfg.ClusterID, certs: certs,
 		log:      cfg.Logger.With("member", cfg.Name),
 		store:    kv.New(),
 		stopc:    make(chan struct{}),
@@ -186,17 +236,22 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s.less = newLessor(s)
 	sm := &stateMachine{s: s}
 	s.store.SetObserver(s.hub.observe)
+	s.store.SetApplyHook(s.applyHook)
 
 	peers := map[consensus.NodeID]string{}
 	for name, addr := range cfg.InitialCluster {
-		peers[consensus.NodeID(MemberIDFor(name, cfg.ClusterToken))] = addr
+		dial := addr
+		if r := cfg.PeerRoutes[name]; r != "" {
+			dial = r
+		}
+		peers[consensus.NodeID(MemberIDFor(cfg.ClusterToken, addr))] = dial
 	}
 	n, err := node.Start(ctx, node.Config{
 		ID: consensus.NodeID(cfg.MemberID), ClusterID: cfg.ClusterID,
-		Peers: peers, Join: cfg.Join, DataDir: cfg.DataDir, FS: cfg.FS,
+		Peers: peers, Join: cfg.Join, ForceNewCluster: cfg.ForceNewCluster, EngineKind: cfg.Engine, DataDir: cfg.DataDir, FS: cfg.FS,
 		Listen: cfg.PeerListener, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		SnapshotEntries: cfg.SnapshotEntries, Seed: cfg.Seed,
-		Logger: cfg.Logger.With("member", cfg.Name),
+		Logger: cfg.Logger.With("member", cfg.Name), Clock: cfg.Clock, Observer: cfg.Observe.Node,
 	}, sm)
 	if err != nil {
 		cfg.ClientListener.Close()
@@ -210,24 +265,36 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.MaxConcurrentStreams(1<<16),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Hour, Timeout: 20 * time.Second}),
+		grpc.ChainUnaryInterceptor(cfg.Observe.Unary...), grpc.ChainStreamInterceptor(cfg.Observe.Stream...),
 	)
 	pb.RegisterKVServer(s.grpc, &kvServer{s: s})
 	pb.RegisterWatchServer(s.grpc, &watchServer{s: s})
 	pb.RegisterLeaseServer(s.grpc, &leaseServer{s: s})
 	pb.RegisterMaintenanceServer(s.grpc, &maintenanceServer{s: s})
 	pb.RegisterClusterServer(s.grpc, &clusterServer{s: s})
+	s.registerHealth()
+	if s.front, err = newFront(s); err != nil {
+		n.Stop()
+		cfg.ClientListener.Close()
+		return nil, err
+	}
 
-	s.wg.Add(3)
+	s.wg.Add(5)
 	go func() { defer s.wg.Done(); s.hub.run() }()
 	go func() { defer s.wg.Done(); s.less.run() }()
+	go func() { defer s.wg.Done(); s.publish() }()
+	go func() { defer s.wg.Done(); s.maintain() }()
 	go func() {
 		defer s.wg.Done()
-		if err := s.grpc.Serve(cfg.ClientListener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			s.serveErr <- err
+		if err := s.front.serve(); err != nil {
+			select {
+			case s.serveErr <- err:
+			default:
+			}
 		}
 	}()
 	s.log.Info("serving", "member_id", fmt.Sprintf("%x", s.id), "cluster_id", fmt.Sprintf("%x", s.clus),
-		"client", cfg.ClientListener.Addr().String(), "peer", cfg.PeerListener.Addr().String())
+		"client", s.ClientURL(), "peer", cfg.PeerListener.Addr().String())
 	return s, nil
 }
 
@@ -236,6 +303,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stopc)
+		s.front.close()
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
 		select {
@@ -245,6 +313,7 @@ func (s *Server) Stop() {
 		}
 		s.node.Stop()
 		s.wg.Wait()
+		s.mconns.close()
 	})
 }
 
@@ -256,6 +325,10 @@ func (s *Server) Err() error { return s.node.Err() }
 
 // Node returns the consensus node under this server.
 func (s *Server) Node() *node.Node { return s.node }
+
+// ClientURL returns the URL of this member's client listener: https when
+// the client port serves TLS.
+func (s *Server) ClientURL() string { return s.front.url() }
 
 // MemberID returns this member's ID.
 func (s *Server) MemberID() uint64 { return s.id }
@@ -286,6 +359,12 @@ func (s *Server) fillHeader(h *pb.ResponseHeader) *pb.ResponseHeader {
 
 // propose replicates one write request and returns the store's response.
 func (s *Server) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.Message, error) {
+	return s.proposeWith(ctx, r, s.proposeRetry)
+}
+
+// proposeWith is propose through the given proposer (proposeRetry, or a
+// leader-only node.ProposeAsLeader).
+func (s *Server) proposeWith(ctx context.Context, r *pb.InternalRaftRequest, proposer func(context.Context, []byte) ([]byte, error)) (proto.Message, error) {
 	cmd, err := kv.EncodeRequest(r)
 	if err != nil {
 		return nil, rpctypes.ErrGRPCRequestTooLarge
@@ -295,7 +374,7 @@ func (s *Server) propose(ctx context.Context, r *pb.InternalRaftRequest) (proto.
 	}
 	ctx, cancel := s.requestContext(ctx)
 	defer cancel()
-	out, err := s.proposeRetry(ctx, cmd)
+	out, err := proposer(ctx, cmd)
 	if err != nil {
 		return nil, s.toGRPC(ctx, err)
 	}

@@ -7,26 +7,12 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// leaseCheckpointTag is the first byte of an encoded InternalRaftRequest
-// whose first field is lease_checkpoint (field 11, length-delimited): the
-// server encodes requests without ID, so a renewal starts with it.
-const leaseCheckpointTag = 11<<3 | 2
-
-// stateMachine is what the node replicates: the MVCC store, plus the
-// server's view of lease renewals relayed through the log.
+// stateMachine is what the node replicates: the MVCC store, whose apply
+// hook (see applyHook) also lets the server keep replicated state of its
+// own (member attributes, alarms) and notice relayed lease renewals.
 type stateMachine struct{ s *Server }
 
-func (m *stateMachine) Apply(index uint64, cmd []byte) []byte {
-	if len(cmd) > 0 && cmd[0] == leaseCheckpointTag {
-		var r pb.InternalRaftRequest
-		if proto.Unmarshal(cmd, &r) == nil && r.LeaseCheckpoint != nil {
-			for _, c := range r.LeaseCheckpoint.Checkpoints {
-				m.s.less.renewed(c.ID)
-			}
-		}
-	}
-	return m.s.store.Apply(index, cmd)
-}
+func (m *stateMachine) Apply(index uint64, cmd []byte) []byte { return m.s.store.Apply(index, cmd) }
 
 func (m *stateMachine) Snapshot(w io.Writer) error { return m.s.store.Snapshot(w) }
 
@@ -36,4 +22,26 @@ func (m *stateMachine) Restore(r io.Reader) error {
 	}
 	m.s.hub.restored()
 	return nil
+}
+
+// applyHook sees every replicated request before the store applies it:
+// requests about the cluster rather than the keyspace are handled here,
+// the rest go on to the store. It runs on the apply goroutine and must be
+// deterministic.
+func (s *Server) applyHook(r *pb.InternalRaftRequest) (proto.Message, error, bool) {
+	if err := s.applyGuard(r); err != nil {
+		return nil, err, true // refused by an active alarm: see quota.go
+	}
+	switch {
+	case r.LeaseCheckpoint != nil:
+		for _, c := range r.LeaseCheckpoint.Checkpoints {
+			s.less.renewed(c.ID)
+		}
+		return nil, nil, false // the store records the checkpoint too
+	case r.ClusterMemberAttrSet != nil:
+		return s.applyMemberAttrs(r.ClusterMemberAttrSet)
+	case r.Alarm != nil:
+		return s.applyAlarm(r.Alarm)
+	}
+	return nil, nil, false
 }

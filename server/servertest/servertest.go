@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/node"
 	"github.com/ballotdb/ballot/server"
 )
 
@@ -33,6 +35,7 @@ type Cluster struct {
 	mu      sync.Mutex
 	members map[string]*server.Server
 	client  map[string]string // name → client address
+	joined  map[string]bool   // added at runtime: started with Join
 	tweak   func(*server.Config)
 }
 
@@ -41,7 +44,7 @@ type Cluster struct {
 func New(t testing.TB, size int, tweak func(*server.Config)) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, dir: t.TempDir(), initial: map[string]string{}, members: map[string]*server.Server{},
-		client: map[string]string{}, tweak: tweak}
+		client: map[string]string{}, joined: map[string]bool{}, tweak: tweak}
 	peers := map[string]net.Listener{}
 	for i := 1; i <= size; i++ {
 		name := fmt.Sprintf("m%d", i)
@@ -59,6 +62,16 @@ func New(t testing.TB, size int, tweak func(*server.Config)) *Cluster {
 	return c
 }
 
+// Engine is the consensus engine test clusters run: BALLOT_TEST_ENGINE
+// (raft or paxos), default raft. CI runs the service's test suites once
+// per engine.
+func Engine() node.EngineKind {
+	if e := os.Getenv("BALLOT_TEST_ENGINE"); e != "" {
+		return node.EngineKind(e)
+	}
+	return node.EngineRaft
+}
+
 func testLogger() *slog.Logger {
 	if os.Getenv("SERVER_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -70,6 +83,8 @@ func (c *Cluster) startWith(name string, pl net.Listener) {
 	c.t.Helper()
 	c.mu.Lock()
 	addr := c.client[name]
+	initial := maps.Clone(c.initial)
+	join := c.joined[name]
 	c.mu.Unlock()
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -83,15 +98,16 @@ func (c *Cluster) startWith(name string, pl net.Listener) {
 	if pl == nil {
 		eventually(c.t, 5*time.Second, func() bool {
 			var err error
-			pl, err = net.Listen("tcp", c.initial[name])
+			pl, err = net.Listen("tcp", initial[name])
 			return err == nil
-		}, "listen on %s", c.initial[name])
+		}, "listen on %s", initial[name])
 	}
 	cfg := server.Config{
-		Name: name, ClusterToken: "test", InitialCluster: c.initial,
+		Name: name, ClusterToken: "test", InitialCluster: initial, Join: join,
 		DataDir: filepath.Join(c.dir, name), ClientListener: cl, PeerListener: pl,
 		TickInterval: 10 * time.Millisecond, ElectionTicks: 10, Logger: testLogger(),
 	}
+	cfg.Engine = Engine()
 	if c.tweak != nil {
 		c.tweak(&cfg)
 	}
@@ -102,6 +118,48 @@ func (c *Cluster) startWith(name string, pl net.Listener) {
 	c.mu.Lock()
 	c.members[name] = s
 	c.client[name] = cl.Addr().String()
+	c.mu.Unlock()
+}
+
+// AddMember grows the cluster by a member called name: it asks the
+// cluster (through any running member) to add it, as a learner if learner,
+// then starts it empty to join. It returns the new member's ID.
+func (c *Cluster) AddMember(name string, learner bool) uint64 {
+	c.t.Helper()
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cli := c.Client()
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	urls := []string{"http://" + pl.Addr().String()}
+	var resp *clientv3.MemberAddResponse
+	if learner {
+		resp, err = cli.MemberAddAsLearner(ctx, urls)
+	} else {
+		resp, err = cli.MemberAdd(ctx, urls)
+	}
+	if err != nil {
+		pl.Close()
+		c.t.Fatalf("add member %s: %v", name, err)
+	}
+	c.mu.Lock()
+	c.initial[name] = pl.Addr().String()
+	c.joined[name] = true
+	c.mu.Unlock()
+	c.startWith(name, pl)
+	return resp.Member.ID
+}
+
+// Forget drops a stopped member from the cluster's bookkeeping (after it
+// was removed from the membership).
+func (c *Cluster) Forget(name string) {
+	c.Stop(name)
+	c.mu.Lock()
+	delete(c.initial, name)
+	delete(c.client, name)
 	c.mu.Unlock()
 }
 
@@ -172,15 +230,11 @@ func (c *Cluster) Follower() string {
 	return ""
 }
 
-// Client returns a clientv3 client talking to the named members only.
+// Client returns a clientv3 client talking to the named members only, or
+// to every member when none is named.
 func (c *Cluster) Client(names ...string) *clientv3.Client {
 	c.t.Helper()
-	var eps []string
-	c.mu.Lock()
-	for _, n := range names {
-		eps = append(eps, c.client[n])
-	}
-	c.mu.Unlock()
+	eps := c.Endpoints(names...)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		c.t.Fatal(err)
@@ -216,6 +270,8 @@ func (c *Cluster) Endpoints(names ...string) []string {
 
 // Names returns the names of every member ever started, sorted.
 func (c *Cluster) Names() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var out []string
 	for n := range c.initial {
 		out = append(out, n)
