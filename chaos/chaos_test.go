@@ -14,29 +14,39 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
+type builtBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
 var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
+	plainBin builtBinary // the production build
+	clockBin builtBinary // -tags chaosclock: the clock nemesis's hook
 )
 
 // ballotBinary builds the ballot binary once per test binary.
-func ballotBinary(t *testing.T) string {
+func ballotBinary(t *testing.T) string { return (&plainBin).build(t) }
+
+// chaosClockBinary builds the chaosclock ballot binary once per test binary.
+func chaosClockBinary(t *testing.T) string { return (&clockBin).build(t, "chaosclock") }
+
+func (b *builtBinary) build(t *testing.T, tags ...string) string {
 	t.Helper()
-	binOnce.Do(func() {
+	b.once.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Dir(filepath.Dir(file))
 		dir, err := os.MkdirTemp("", "ballot-chaos-bin-")
 		if err != nil {
-			binErr = err
+			b.err = err
 			return
 		}
-		binPath, binErr = BuildBinary(root, dir)
+		b.path, b.err = BuildBinary(root, dir, tags...)
 	})
-	if binErr != nil {
-		t.Fatal(binErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return binPath
+	return b.path
 }
 
 func soak() time.Duration {
@@ -46,14 +56,17 @@ func soak() time.Duration {
 	return 15 * time.Second
 }
 
-// TestChaosProcesses runs three real ballot processes under every nemesis
-// and expects no violation.
+// TestChaosProcesses runs three real ballot processes of the production
+// build under every nemesis but clock (which needs the chaosclock build;
+// TestChaosDiskAndClock runs it) and every workload, and expects no
+// violation.
 func TestChaosProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos round skipped in -short mode")
 	}
-	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Nemeses: AllNemeses,
-		Binary: ballotBinary(t), Logf: t.Logf})
+	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(),
+		Nemeses: []string{NemesisKill, NemesisPause, NemesisPartition, NemesisDisk},
+		Binary:  ballotBinary(t), Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,6 +76,9 @@ func TestChaosProcesses(t *testing.T) {
 	}
 	if rep.OK < 500 || rep.SetAcked < 100 || rep.WatchEvents < 100 {
 		t.Fatalf("too little happened to prove anything: %d ok register ops, %d set adds, %d watch events", rep.OK, rep.SetAcked, rep.WatchEvents)
+	}
+	if rep.Lease.Granted < 20 || rep.Lease.KeepAlivesOK < 20 || rep.Lease.Expired < 10 {
+		t.Fatalf("too few leases to prove anything: %+v", rep.Lease)
 	}
 	faults := 0
 	for k, v := range rep.Faults {
@@ -75,6 +91,48 @@ func TestChaosProcesses(t *testing.T) {
 	}
 }
 
+// TestChaosDiskAndClock runs a round under only the disk and clock
+// nemeses: a member whose file system fills refuses writes with etcd's
+// "database space exceeded", never crashes, and catches up once space
+// returns (the nemesis checks); a member whose clock runs 2–4× fast or
+// slow breaks nothing. Where the disk nemesis cannot run (not root, no
+// loop devices) it is skipped, and the test says so loudly.
+func TestChaosDiskAndClock(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos round skipped in -short mode")
+	}
+	dir := t.TempDir()
+	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Nemeses: []string{NemesisDisk, NemesisClock},
+		Seed: 7, Binary: chaosClockBinary(t), Dir: dir, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + rep.Summary())
+	if rep.HasViolations() {
+		t.Fatalf("violations:\n%s", strings.Join(rep.Violations, "\n"))
+	}
+	for _, s := range rep.Skipped {
+		t.Logf("!!! SKIPPED: %s", s)
+	}
+	if rep.Faults[NemesisDisk] > 0 && rep.NoSpace == 0 {
+		t.Fatalf("%d disk faults, yet no client was refused with \"database space exceeded\": the disk was never full", rep.Faults[NemesisDisk])
+	}
+	if rep.Faults[NemesisClock] > 0 {
+		// The members' logs show the hook took the rates.
+		seen := false
+		for i := range 3 {
+			b, _ := os.ReadFile(filepath.Join(dir, name(i)+".log"))
+			seen = seen || strings.Contains(string(b), "chaos clock: tick rate changed")
+		}
+		if !seen {
+			t.Fatalf("%d clock faults, but no member logged a rate change", rep.Faults[NemesisClock])
+		}
+	}
+	if rep.Faults[NemesisDisk]+rep.Faults[NemesisClock] == 0 {
+		t.Fatalf("neither the disk nor the clock nemesis ran (skipped: %v)", rep.Skipped)
+	}
+}
+
 // TestChaosContainers runs the same round with each member in its own
 // container on a private Docker network, where a Docker engine answers.
 func TestChaosContainers(t *testing.T) {
@@ -84,8 +142,11 @@ func TestChaosContainers(t *testing.T) {
 	if !DockerAvailable() {
 		t.Skip("NO DOCKER ENGINE: the container round did not run")
 	}
-	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Nemeses: AllNemeses,
-		Binary: ballotBinary(t), Containers: true, Logf: t.Logf})
+	// The production build, so not the clock nemesis; disk runs on
+	// processes only.
+	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(),
+		Nemeses: []string{NemesisKill, NemesisPause, NemesisPartition},
+		Binary:  ballotBinary(t), Containers: true, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,14 +162,14 @@ func TestChaosContainers(t *testing.T) {
 // brokenRound runs rounds of a deliberately broken build under partitions
 // until the checkers report a violation (at most three rounds: whether a
 // fault lines up with an operation is a matter of timing).
-func brokenRound(t *testing.T, unsafe string) *Report {
+func brokenRound(t *testing.T, unsafe string, workloads ...string) *Report {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("chaos round skipped in -short mode")
 	}
 	for round := range 3 {
 		rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Nemeses: []string{NemesisPartition},
-			Seed: uint64(round + 1), Binary: ballotBinary(t), Unsafe: []string{unsafe}})
+			Seed: uint64(round + 1), Binary: ballotBinary(t), Unsafe: []string{unsafe}, Workloads: workloads})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,6 +197,16 @@ func TestCatchesStaleReads(t *testing.T) {
 // (lost set adds, or a non-linearizable register history).
 func TestCatchesEarlyAck(t *testing.T) {
 	brokenRound(t, "early-ack")
+}
+
+// TestCatchesLeaseEarlyExpiry: a lessor that expires leases at half their
+// TTL is caught by the lease checker, as leases seen expired before the
+// TTL their last acknowledged keep-alive promised.
+func TestCatchesLeaseEarlyExpiry(t *testing.T) {
+	rep := brokenRound(t, "lease-early-expiry", WorkloadLease)
+	if !strings.Contains(strings.Join(rep.Violations, "\n"), "expired early") {
+		t.Fatalf("caught, but not as a lease expiring early: %v", rep.Violations)
+	}
 }
 
 func op(client int, call, ret int64, in regInput, out regOutput) porcupine.Operation {

@@ -1,9 +1,13 @@
 package chaos
 
 import (
+	"slices"
+
 	"context"
 	"errors"
 	"fmt"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"net"
 	"net/http"
 	"os"
@@ -27,8 +31,30 @@ type cluster interface {
 	healAll() error
 	waitHealthy(ctx context.Context) error
 	leader() int
+	statusAddrs() []string // members' HTTP addresses (health, status)
+	// fillDisk fills (or empties again) member i's file system; processes
+	// with Options' disk nemesis only.
+	fillDisk(i int, on bool) (int64, error)
+	// setClockRate sets member i's clock rate (a chaosclock build only).
+	setClockRate(i int, rate float64) error
 	crashReports() []string
 	close()
+}
+
+// clockRateFile is the file in a member's data directory from which a
+// chaosclock build reads its clock rate (node.ChaosClockRateFile).
+const clockRateFile = "chaos-clock-rate"
+
+// writeClockRate writes a clock rate file atomically.
+func writeClockRate(dataDir string, rate float64) error {
+	p := filepath.Join(dataDir, clockRateFile)
+	if err := os.WriteFile(p+".tmp", []byte(fmt.Sprintf("%g\n", rate)), 0o644); err != nil {
+		return fmt.Errorf("chaos: clock rate: %w", err)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
+		return fmt.Errorf("chaos: clock rate: %w", err)
+	}
+	return nil
 }
 
 // procCluster is a cluster of real ballot processes on loopback. Peer
@@ -40,8 +66,16 @@ type procCluster struct {
 	n      int
 	tick   time.Duration
 	unsafe []string
+	extra  []string // more serve flags (the engine)
 	logf   func(string, ...any)
 
+	dataDir []string
+	disks   []*loopDisk // with the disk nemesis: each member's file system
+	// routes: the binary takes --unsafe-peer-routes, so members learn each
+	// other's real peer addresses (from which member IDs derive) and only
+	// dial through the proxies. Older binaries are given the proxies'
+	// addresses in --initial-cluster itself.
+	routes     bool
 	clientAddr []string
 	peerAddr   []string
 	httpAddr   []string
@@ -55,6 +89,9 @@ type procCluster struct {
 	// one of them is a crash the rig reports.
 	expectExit []bool
 	crashes    []string
+	// joining: member i was replaced (the member nemesis) and starts empty
+	// to join; peerAddr[i] then changed, under mu.
+	joining []bool
 }
 
 func freePort() (string, error) {
@@ -66,9 +103,23 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func newProcCluster(bin, dir string, n int, tick time.Duration, unsafe []string, logf func(string, ...any)) (*procCluster, error) {
-	c := &procCluster{bin: bin, dir: dir, n: n, tick: tick, unsafe: unsafe, logf: logf,
+// newProcCluster starts n members. With disks, each member's data
+// directory is on its own loop-mounted file system (for the disk nemesis).
+func newProcCluster(bin, dir string, n int, tick time.Duration, unsafe, extra []string, disks bool, logf func(string, ...any)) (*procCluster, error) {
+	c := &procCluster{bin: bin, dir: dir, n: n, tick: tick, unsafe: unsafe, extra: extra, logf: logf, joining: make([]bool, n), routes: takesPeerRoutes(bin),
 		procs: make([]*exec.Cmd, n), exited: make([]chan struct{}, n), paused: make([]bool, n), expectExit: make([]bool, n)}
+	for i := range n {
+		c.dataDir = append(c.dataDir, filepath.Join(dir, name(i)))
+		if disks {
+			d, err := mountLoopDisk(filepath.Join(dir, name(i)+".img"), filepath.Join(dir, name(i)+"-disk"), diskImageBytes)
+			if err != nil {
+				c.close()
+				return nil, err
+			}
+			c.disks = append(c.disks, d)
+			c.dataDir[i] = filepath.Join(d.mnt, "data")
+		}
+	}
 	for range n {
 		for _, list := range []*[]string{&c.clientAddr, &c.peerAddr, &c.httpAddr} {
 			a, err := freePort()
@@ -102,6 +153,13 @@ func newProcCluster(bin, dir string, n int, tick time.Duration, unsafe []string,
 	return c, nil
 }
 
+// takesPeerRoutes reports whether the binary's serve command knows the
+// hidden --unsafe-peer-routes flag (cobra refuses an unknown flag before it
+// prints help).
+func takesPeerRoutes(bin string) bool {
+	return exec.Command(bin, "serve", "--unsafe-peer-routes=", "--help").Run() == nil
+}
+
 func (c *procCluster) size() int           { return c.n }
 func (c *procCluster) client(i int) string { return c.clientAddr[i] }
 
@@ -109,18 +167,34 @@ func name(i int) string { return fmt.Sprintf("n%d", i+1) }
 
 // start starts member i (again) on its data directory.
 func (c *procCluster) start(i int) error {
-	var initial []string
+	c.mu.Lock()
+	peerAddr := slices.Clone(c.peerAddr)
+	c.mu.Unlock()
+	var initial, routes []string
 	for j := range c.n {
-		addr := c.peerAddr[j]
+		addr := peerAddr[j]
 		if j != i {
-			addr = c.proxies[i][j].addr()
+			if c.routes {
+				routes = append(routes, name(j)+"="+c.proxies[i][j].addr())
+			} else {
+				addr = c.proxies[i][j].addr()
+			}
 		}
 		initial = append(initial, name(j)+"="+addr)
 	}
-	args := []string{"serve", "--name", name(i), "--data-dir", filepath.Join(c.dir, name(i)),
-		"--listen-client", c.clientAddr[i], "--listen-peer", c.peerAddr[i], "--listen-http", c.httpAddr[i],
+	args := []string{"serve", "--name", name(i), "--data-dir", c.dataDir[i],
+		"--listen-client", c.clientAddr[i], "--listen-peer", peerAddr[i], "--listen-http", c.httpAddr[i],
 		"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", "chaos",
 		"--tick", c.tick.String(), "--snapshot-count", "2000"}
+	if len(routes) > 0 {
+		args = append(args, "--unsafe-peer-routes", strings.Join(routes, ","))
+	}
+	args = append(args, c.extra...)
+	c.mu.Lock()
+	if c.joining[i] {
+		args = append(args, "--initial-cluster-state", "existing")
+	}
+	c.mu.Unlock()
 	for _, u := range c.unsafe {
 		args = append(args, "--unsafe-"+u)
 	}
@@ -150,6 +224,78 @@ func (c *procCluster) start(i int) error {
 		close(done)
 	}()
 	return nil
+}
+
+// replace removes member i from the cluster for good (it stops itself),
+// wipes its data, and adds it back as a new member — a learner on a new
+// peer address, since IDs are never reused — then promotes it once it has
+// caught up. Other members reach the new member at its real address (the
+// address travels through the log), not through the link proxies, until
+// they restart.
+func (c *procCluster) replace(ctx context.Context, i int) error {
+	cli, err := clientFor(c.clientAddr)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	id, err := memberIDByName(ctx, cli, name(i))
+	if err != nil {
+		return fmt.Errorf("%w: %w", errNotRemoved, err)
+	}
+	c.mu.Lock()
+	c.expectExit[i] = true
+	done := c.exited[i]
+	c.mu.Unlock()
+	if _, err := cli.MemberRemove(ctx, id); err != nil {
+		c.mu.Lock()
+		c.expectExit[i] = false
+		c.mu.Unlock()
+		return fmt.Errorf("%w: remove %s: %w", errNotRemoved, name(i), err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		c.logf("chaos: %s did not stop after its removal; killing it", name(i))
+		c.kill(i)
+	}
+	if err := wipeDir(c.dataDir[i]); err != nil {
+		return err
+	}
+	addr, err := freePort()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.peerAddr[i] = addr
+	c.joining[i] = true
+	c.mu.Unlock()
+	for from := range c.n {
+		if p := c.proxies[from][i]; p != nil {
+			p.setTarget(addr)
+		}
+	}
+	var resp *clientv3.MemberAddResponse
+	for {
+		// Retried: under a fault the add may fail, or time out having
+		// gone through (then the member is listed: find it).
+		resp, err = cli.MemberAddAsLearner(ctx, []string{"http://" + addr})
+		if err == nil {
+			break
+		}
+		if id, ferr := memberIDByName(ctx, cli, ""); ferr == nil && id != 0 {
+			resp = &clientv3.MemberAddResponse{Member: &etcdserverpb.Member{ID: id}}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("add %s back at %s: %w", name(i), addr, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if err := c.start(i); err != nil {
+		return err
+	}
+	return promoteWhenReady(ctx, cli, resp.Member.ID)
 }
 
 // kill sends SIGKILL to member i and waits for it to exit.
@@ -218,6 +364,25 @@ func (c *procCluster) waitHealthy(ctx context.Context) error {
 
 func (c *procCluster) leader() int { return leaderOf(c.httpAddr) }
 
+func (c *procCluster) statusAddrs() []string { return c.httpAddr }
+
+func (c *procCluster) fillDisk(i int, on bool) (int64, error) {
+	if i >= len(c.disks) {
+		return 0, errors.New("chaos: no loop-mounted disks in this cluster")
+	}
+	if on {
+		return c.disks[i].fill()
+	}
+	return 0, c.disks[i].drain()
+}
+
+func (c *procCluster) setClockRate(i int, rate float64) error {
+	if err := os.MkdirAll(c.dataDir[i], 0o700); err != nil {
+		return fmt.Errorf("chaos: clock rate: %w", err)
+	}
+	return writeClockRate(c.dataDir[i], rate)
+}
+
 // waitHealthy waits until every member (by HTTP address) reports a leader.
 func waitHealthy(ctx context.Context, httpAddrs []string) error {
 	client := &http.Client{Timeout: time.Second}
@@ -245,6 +410,24 @@ func waitHealthy(ctx context.Context, httpAddrs []string) error {
 	}
 }
 
+// status is what a member's /status says of its log.
+type status struct {
+	Role    string `json:"role"`
+	Commit  uint64 `json:"commit"`
+	Applied uint64 `json:"applied"`
+}
+
+// memberStatus asks one member (by HTTP address) for its status.
+func memberStatus(addr string) (status, error) {
+	client := &http.Client{Timeout: 500 * time.Millisecond}
+	var st status
+	resp, err := client.Get("http://" + addr + "/status")
+	if err != nil {
+		return st, err
+	}
+	return st, decodeJSON(resp, &st)
+}
+
 // leaderOf asks the members (by HTTP address) which is the leader: its
 // index, or -1.
 func leaderOf(httpAddrs []string) int {
@@ -270,7 +453,8 @@ func (c *procCluster) crashReports() []string {
 	return append([]string(nil), c.crashes...)
 }
 
-// close stops every member (SIGTERM, then SIGKILL) and the proxies.
+// close stops every member (SIGTERM, then SIGKILL) and the proxies, and
+// unmounts the members' file systems. Idempotent.
 func (c *procCluster) close() {
 	for i := range c.n {
 		c.mu.Lock()
@@ -297,6 +481,12 @@ func (c *procCluster) close() {
 			if p != nil {
 				p.close()
 			}
+		}
+	}
+	for _, d := range c.disks {
+		if err := d.unmount(); err != nil {
+			// Loud: a mount left behind outlives the run.
+			fmt.Fprintf(os.Stderr, "chaos: !!! could not unmount %s: %v\n", d.mnt, err)
 		}
 	}
 }

@@ -17,7 +17,12 @@
 // (half the time the leader) and restart it on its data directory; SIGSTOP
 // a member for longer than an election timeout, then SIGCONT; partitions —
 // isolate the leader, split a majority from a minority, two halves bridged
-// by one member, or one-way loss where a member hears no one.
+// by one member, or one-way loss where a member hears no one; fill a
+// member's file system (each member's data directory then lives on its own
+// loop-mounted ext4 image; processes and root only) and free it again; run
+// a member's clock 2–4× fast or slow (a binary built with -tags chaosclock,
+// whose node.RateClock reads its rate from a file in the data directory).
+// A nemesis that cannot run here is skipped loudly (Report.Skipped).
 //
 // # Workloads and checks
 //
@@ -33,10 +38,17 @@
 //   - watch: one watcher per member from revision 1; events must never go
 //     back or repeat, every watcher's sequence must be a prefix of the
 //     longest, and replaying it must give the final state.
+//   - lease: holders grant short leases, attach a key to each, keep some
+//     alive and abandon others at a recorded time. No lease may be seen
+//     expired (its key's deletion, a keep-alive answered "not found", or
+//     gone from LeaseLeases) before the invoke time of its last
+//     acknowledged keep-alive plus the TTL answered; once faults heal, every
+//     abandoned lease must be gone within TTL and a bound, and every kept
+//     one present.
 //   - no member may exit except by the nemesis.
 //
 // The checkers bite: Options.Unsafe switches on deliberately broken builds
 // (stale-reads: linearizable reads served from local state; early-ack:
-// writes acknowledged before they commit), and the tests show each is
-// caught.
+// writes acknowledged before they commit; lease-early-expiry: leases
+// expired at half their TTL), and the tests show each is caught.
 package chaos

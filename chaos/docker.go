@@ -68,7 +68,7 @@ func isStatic(path string) (bool, error) {
 	return true, nil
 }
 
-func newDockerCluster(bin, dir string, n int, tick time.Duration, unsafe []string, logf func(string, ...any)) (*dockerCluster, error) {
+func newDockerCluster(bin, dir string, n int, tick time.Duration, unsafe, extra []string, logf func(string, ...any)) (*dockerCluster, error) {
 	static, err := isStatic(bin)
 	if err != nil {
 		return nil, fmt.Errorf("chaos: containers: %w", err)
@@ -120,6 +120,7 @@ func newDockerCluster(bin, dir string, n int, tick time.Duration, unsafe []strin
 			"--listen-client", "0.0.0.0:2379", "--listen-peer", "0.0.0.0:2380", "--listen-http", "0.0.0.0:2381",
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", "chaos",
 			"--tick", tick.String(), "--snapshot-count", "2000"}
+		args = append(args, extra...)
 		for _, u := range unsafe {
 			args = append(args, "--unsafe-"+u)
 		}
@@ -234,6 +235,18 @@ func (c *dockerCluster) waitHealthy(ctx context.Context) error {
 }
 
 func (c *dockerCluster) leader() int { return leaderOf(c.httpAddrs()) }
+
+func (c *dockerCluster) statusAddrs() []string { return c.httpAddrs() }
+
+func (c *dockerCluster) fillDisk(int, bool) (int64, error) {
+	return 0, errors.New("chaos: the disk nemesis runs on processes only")
+}
+
+// setClockRate writes the rate file into the member's data directory,
+// which the container sees as /data.
+func (c *dockerCluster) setClockRate(i int, rate float64) error {
+	return writeClockRate(filepath.Join(c.dir, name(i)), rate)
+}
 
 func (c *dockerCluster) httpAddrs() []string {
 	out := make([]string, c.n)

@@ -34,6 +34,14 @@ func newProxy(target string) (*proxy, error) {
 
 func (p *proxy) addr() string { return p.ln.Addr().String() }
 
+// setTarget points new connections at another address (a member that came
+// back on a new peer port).
+func (p *proxy) setTarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
+
 func (p *proxy) accept() {
 	defer p.wg.Done()
 	for {
@@ -57,7 +65,10 @@ func (p *proxy) accept() {
 func (p *proxy) serve(c net.Conn) {
 	defer p.wg.Done()
 	defer p.drop(c)
-	up, err := net.Dial("tcp", p.target)
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
+	up, err := net.Dial("tcp", target)
 	if err != nil {
 		return
 	}

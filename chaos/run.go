@@ -2,15 +2,19 @@ package chaos
 
 import (
 	"context"
+	"debug/buildinfo"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -21,12 +25,18 @@ type Options struct {
 	Nodes    int           // members; default 3
 	Duration time.Duration // how long clients and the nemesis run; default 30 s
 	Nemeses  []string      // kinds to inject (see AllNemeses); none: a fault-free run
-	Seed     uint64        // 0: drawn from the clock
-	Clients  int           // register clients; default 2 per member
-	Keys     int           // keys per window; default 5
-	// Binary is the ballot binary to run; empty builds ./cmd/ballot from
-	// the module containing the working directory.
+	// Workloads to run (see AllWorkloads); default all of them.
+	Workloads []string
+	Seed      uint64 // 0: drawn from the clock
+	Clients   int    // register clients; default 2 per member
+	Keys      int    // keys per window; default 5
+	// Binary is the ballot binary to run. The clock nemesis needs one
+	// built with -tags chaosclock: if Binary is not, the rig builds one
+	// from Source.
 	Binary string
+	// Source is the root of ballot's module, to build a chaosclock binary
+	// from; default the module containing the working directory.
+	Source string
 	// Dir holds the members' data and logs and, on failure, the history,
 	// its visualization and the nemesis schedule. Default: a temporary
 	// directory, kept only when the run fails.
@@ -42,17 +52,35 @@ type Options struct {
 	// Tick is the members' engine tick; default 50 ms (election timeout
 	// 0.5–1 s), so faults and recoveries both happen often.
 	Tick time.Duration
+	// Engine is the members' consensus engine: "raft" (default) or
+	// "paxos".
+	Engine string
 	// CheckTimeout bounds the linearizability check; default 2 min.
 	CheckTimeout time.Duration
 	Logf         func(format string, args ...any)
 }
 
+// Workloads.
+const (
+	WorkloadRegister = "register" // linearizable reads, writes, CAS, deletes (porcupine)
+	WorkloadSet      = "set"      // no acknowledged add lost
+	WorkloadWatch    = "watch"    // no gap, repeat or reordering; replay gives the final state
+	WorkloadLease    = "lease"    // leases expire when and only when their holders stop keeping them alive
+)
+
+// AllWorkloads lists every workload, all run by default.
+var AllWorkloads = []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease}
+
 // Report is the outcome of a run.
 type Report struct {
 	Seed                       uint64
+	Workloads                  []string
 	Ops, OK, Failed, Unknown   int64
+	NoSpace                    int64 // client calls refused with etcd's "database space exceeded"
 	SetAcked                   int
 	WatchEvents                int
+	Lease                      leaseStats
+	Skipped                    []string // nemeses that could not run here, and why
 	Faults                     map[string]int
 	Schedule                   []string
 	Violations                 []string
@@ -68,9 +96,18 @@ func (r *Report) HasViolations() bool { return len(r.Violations) > 0 }
 // Summary is the report in a few lines.
 func (r *Report) Summary() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d, %v\n", r.Seed, r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(&b, "seed %d, %v, workloads %s\n", r.Seed, r.Elapsed.Round(time.Millisecond), strings.Join(r.Workloads, ","))
+	for _, s := range r.Skipped {
+		fmt.Fprintf(&b, "!!! SKIPPED: %s\n", s)
+	}
 	fmt.Fprintf(&b, "register: %d operations: %d ok, %d failed reads (left out), %d unknown writes\n", r.Ops, r.OK, r.Failed, r.Unknown)
 	fmt.Fprintf(&b, "set: %d acknowledged adds; watch: %d events\n", r.SetAcked, r.WatchEvents)
+	l := r.Lease
+	fmt.Fprintf(&b, "lease: %d granted (%d kept to the end, %d abandoned or lost), %d grants unknown, %d keep-alives acknowledged; %d seen expired, %d kept leases lost under faults, latest expiry %v past its promise\n",
+		l.Granted, l.Kept, l.Abandoned, l.Unknown, l.KeepAlivesOK, l.Expired, l.LostUnderFaults, l.MaxLate.Round(time.Millisecond))
+	if r.NoSpace > 0 {
+		fmt.Fprintf(&b, "disk full: %d client calls refused with \"database space exceeded\"\n", r.NoSpace)
+	}
 	var kinds []string
 	for k := range r.Faults {
 		kinds = append(kinds, k)
@@ -82,7 +119,7 @@ func (r *Report) Summary() string {
 	}
 	fmt.Fprintf(&b, "faults: %s\n", strings.Join(fs, ", "))
 	if len(r.Violations) == 0 {
-		fmt.Fprintf(&b, "check: linearizable, no acknowledged write lost, watches complete, no unexpected exit: 0 violations\n")
+		fmt.Fprintf(&b, "check: linearizable, no acknowledged write lost, watches complete, leases expire when and only when abandoned, no unexpected exit: 0 violations\n")
 	} else {
 		fmt.Fprintf(&b, "check: %d violations\n", len(r.Violations))
 		for _, v := range r.Violations {
@@ -93,10 +130,16 @@ func (r *Report) Summary() string {
 	return b.String()
 }
 
-// BuildBinary builds the ballot binary into dir from the module at root.
-func BuildBinary(root, dir string) (string, error) {
+// BuildBinary builds the ballot binary into dir from the module at root,
+// with the given build tags (chaosclock: the clock nemesis's hook).
+func BuildBinary(root, dir string, tags ...string) (string, error) {
 	bin := filepath.Join(dir, "ballot")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/ballot")
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		bin += "-" + strings.Join(tags, "-")
+		args = []string{"build", "-tags", strings.Join(tags, ","), "-o", bin}
+	}
+	cmd := exec.Command("go", append(args, "./cmd/ballot")...)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -132,10 +175,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		o.Logf = func(string, ...any) {}
 	}
 	for _, k := range o.Nemeses {
-		if k != NemesisKill && k != NemesisPause && k != NemesisPartition {
+		if !slices.Contains(AllNemeses, k) {
 			return nil, fmt.Errorf("chaos: unknown nemesis %q (know %s)", k, strings.Join(AllNemeses, ", "))
 		}
 	}
+	if len(o.Workloads) == 0 {
+		o.Workloads = AllWorkloads
+	}
+	for _, w := range o.Workloads {
+		if !slices.Contains(AllWorkloads, w) {
+			return nil, fmt.Errorf("chaos: unknown workload %q (know %s)", w, strings.Join(AllWorkloads, ", "))
+		}
+	}
+	has := func(w string) bool { return slices.Contains(o.Workloads, w) }
 	keepDir := o.Dir != ""
 	if o.Dir == "" {
 		d, err := os.MkdirTemp("", "ballot-chaos-")
@@ -157,14 +209,49 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	} else if len(ents) > 0 {
 		return nil, fmt.Errorf("chaos: %s is not empty (an earlier run's data would skew this one); give a new directory", o.Dir)
 	}
-	rep := &Report{Seed: o.Seed, Dir: o.Dir}
+	rep := &Report{Seed: o.Seed, Dir: o.Dir, Workloads: o.Workloads}
 	started := time.Now()
+	// The disk and clock nemeses need what not every machine has; one that
+	// cannot run is skipped, loudly, never silently.
+	var nemeses []string
+	disks := false
+	for _, k := range o.Nemeses {
+		var why error
+		switch k {
+		case NemesisDisk:
+			if o.Containers {
+				why = errors.New("runs on processes only")
+			} else if why = diskSupport(o.Dir); why == nil {
+				disks = true
+			}
+		case NemesisClock:
+			var bin string
+			if bin, why = clockBinary(o); why == nil {
+				o.Binary = bin
+			}
+		}
+		if why != nil {
+			msg := fmt.Sprintf("the %s nemesis did not run: %v", k, why)
+			rep.Skipped = append(rep.Skipped, msg)
+			fmt.Fprintf(os.Stderr, "chaos: !!! SKIPPED: %s\n", msg)
+			o.Logf("!!! SKIPPED: %s", msg)
+			continue
+		}
+		nemeses = append(nemeses, k)
+	}
+	if disks {
+		// Mounts outlive the process: an interrupt must reach the deferred
+		// cleanup below rather than end the process (a test binary, say).
+		var stopSignals context.CancelFunc
+		ctx, stopSignals = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stopSignals()
+	}
 	var c cluster
 	var err error
 	if o.Containers {
-		c, err = newDockerCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, o.Logf)
+		c, err = newDockerCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, engineArgs(o.Engine), o.Logf)
 	} else {
-		c, err = newProcCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, o.Logf)
+		c, err = newProcCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, engineArgs(o.Engine), disks, o.Logf)
 	}
 	if err != nil {
 		return nil, err
@@ -179,7 +266,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	election := 10 * o.Tick
 
 	rec := &recorder{start: time.Now()}
-	set := &setWorkload{}
+	set := &setWorkload{rec: rec}
 	runCtx, stop := context.WithTimeout(ctx, o.Duration)
 	defer stop()
 	var wg sync.WaitGroup
@@ -191,6 +278,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}()
 	opTimeout := 4 * election
 	for i := range o.Clients {
+		if !has(WorkloadRegister) {
+			break
+		}
 		cli, err := newClient([]string{c.client(i % o.Nodes)}) // pinned: stale reads show
 		if err != nil {
 			return nil, err
@@ -207,30 +297,77 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
 	var wwg sync.WaitGroup
+	// Lease holders keep their kept leases alive past the run, until the
+	// lease check after the heal is done (leaseCtx).
+	var lw *leaseWorkload
+	leaseCtx, leaseStop := context.WithCancel(ctx)
+	defer leaseStop()
+	var lwg sync.WaitGroup
+	if has(WorkloadLease) {
+		lw = newLeaseWorkload(rec, o.Seed, election)
+	}
 	for i := range o.Nodes {
 		cli, err := newClient([]string{c.client(i)})
 		if err != nil {
 			return nil, err
 		}
 		clients = append(clients, cli)
-		sc, err := newClient([]string{c.client(i)})
-		if err != nil {
-			return nil, err
+		if has(WorkloadWatch) {
+			w := &watchRecorder{member: i}
+			watchers = append(watchers, w)
+			wwg.Add(1)
+			go func() { defer wwg.Done(); w.run(wctx, cli) }()
 		}
-		clients = append(clients, sc)
-		w := &watchRecorder{member: i}
-		watchers = append(watchers, w)
-		wwg.Add(1)
-		go func() { defer wwg.Done(); w.run(wctx, cli) }()
-		wg.Add(1)
-		go func() { defer wg.Done(); set.run(runCtx, 1000+i, sc, opTimeout) }()
+		if has(WorkloadSet) {
+			sc, err := newClient([]string{c.client(i)})
+			if err != nil {
+				return nil, err
+			}
+			clients = append(clients, sc)
+			wg.Add(1)
+			go func() { defer wg.Done(); set.run(runCtx, 1000+i, sc, opTimeout) }()
+		}
+		if lw != nil {
+			lc, err := newClient([]string{c.client(i)}) // pinned: faults show
+			if err != nil {
+				return nil, err
+			}
+			clients = append(clients, lc)
+			lrng := rand.New(rand.NewPCG(o.Seed, uint64(2000+i)))
+			lwg.Add(1)
+			go func() { defer lwg.Done(); lw.holder(runCtx, leaseCtx, i, i, lc, lrng, opTimeout) }()
+			wwg.Add(1)
+			go func() { defer wwg.Done(); lw.watch(wctx, cli) }()
+		}
 	}
-	nm := &nemesis{c: c, kinds: o.Nemeses, rng: rand.New(rand.NewPCG(o.Seed, 0x9e5)), logf: o.Logf, counts: map[string]int{}}
-	if len(o.Nemeses) > 0 {
+	var faults, changes []string
+	for _, k := range nemeses {
+		if k == NemesisTransfer || k == NemesisMember {
+			changes = append(changes, k)
+		} else {
+			faults = append(faults, k)
+		}
+	}
+	locks := &memberLocks{}
+	nm := &nemesis{c: c, kinds: faults, rng: rand.New(rand.NewPCG(o.Seed, 0x9e5)), logf: o.Logf, counts: map[string]int{}, locks: locks}
+	if len(faults) > 0 {
 		wg.Add(1)
 		go func() { defer wg.Done(); nm.run(runCtx, rec.start, election) }()
 	}
+	// Leadership transfers and membership changes run on their own
+	// schedule, so they meet the faults above.
+	cm := &nemesis{c: c, kinds: changes, rng: rand.New(rand.NewPCG(o.Seed, 0xc4a)), logf: o.Logf, counts: map[string]int{}, locks: locks}
+	if len(changes) > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); cm.runChanges(runCtx, rec.start, election, changes) }()
+	}
 	wg.Wait()
+	nm.absorb(cm)
+	if err := ctx.Err(); err != nil {
+		// Interrupted: the deferred close stops the members and unmounts
+		// their disks; no verdict on a run cut short.
+		return nil, fmt.Errorf("chaos: interrupted after %v (data and logs in %s): %w", time.Since(started).Round(time.Second), o.Dir, err)
+	}
 
 	// Heal everything and let the cluster settle before the final checks.
 	if err := c.healAll(); err != nil {
@@ -241,6 +378,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := c.waitHealthy(hctx); err != nil {
 		rep.Violations = append(rep.Violations, "after healing: "+err.Error())
 	}
+	healedAt := rec.now()
 	var all []string
 	for i := range o.Nodes {
 		all = append(all, c.client(i))
@@ -250,6 +388,23 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	clients = append(clients, final)
+	if lw != nil {
+		// Abandoned leases must go, kept ones stay; then the holders stop
+		// and what they held is revoked, before the final read.
+		lctx, lcancel := context.WithTimeout(ctx, 2*time.Minute)
+		rep.Violations = append(rep.Violations, lw.settle(lctx, final, healedAt)...)
+		leaseStop()
+		lwg.Wait()
+		if err := lw.revokeKept(lctx, final); err != nil {
+			rep.Violations = append(rep.Violations, "lease: revoking the kept leases at the end: "+err.Error())
+		}
+		lcancel()
+		rep.Violations = append(rep.Violations, lw.check(healedAt)...)
+		rep.Lease = lw.stats()
+		if err := lw.writeHistories(filepath.Join(o.Dir, "leases.txt")); err != nil {
+			o.Logf("%v", err)
+		}
+	}
 	var finalState map[string]string
 	var finalRev int64
 	for attempt := 0; ; attempt++ {
@@ -290,7 +445,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		return true
 	}
-	if finalState != nil {
+	if finalState != nil && len(watchers) > 0 {
 		deadline := time.NewTimer(20 * time.Second)
 		poll := time.NewTicker(50 * time.Millisecond)
 	wait:
@@ -310,9 +465,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		rep.WatchEvents += len(w.events)
 		rep.Violations = append(rep.Violations, w.errs...)
 	}
-	if finalState != nil {
+	if finalState != nil && len(watchers) > 0 {
 		rep.Violations = append(rep.Violations, checkWatches(watchers, finalState, finalRev)...)
 	}
+	rep.Violations = append(rep.Violations, nm.violationsFound()...)
 	rep.Violations = append(rep.Violations, c.crashReports()...)
 
 	rec.mu.Lock()
@@ -320,6 +476,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rec.mu.Unlock()
 	rep.Ops = int64(len(ops)) + rec.failed.Load()
 	rep.OK, rep.Failed, rep.Unknown = rec.ok.Load(), rec.failed.Load(), rec.unknown.Load()
+	rep.NoSpace = rec.noSpace.Load()
 	rep.LinearizabilityCheckedOver = len(ops)
 	ok, detail, vis := checkRegister(ops, o.CheckTimeout, o.Dir)
 	if !ok {
@@ -331,14 +488,69 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if rep.HasViolations() {
 		os.WriteFile(filepath.Join(o.Dir, "schedule.txt"), []byte(strings.Join(rep.Schedule, "\n")+"\n"), 0o600)
 		os.WriteFile(filepath.Join(o.Dir, "summary.txt"), []byte(rep.Summary()), 0o600)
-	} else if !keepDir {
-		c.close()
-		os.RemoveAll(o.Dir)
-		rep.Dir = ""
+	} else {
+		c.close() // unmounts the disks
+		if !keepDir {
+			os.RemoveAll(o.Dir)
+			rep.Dir = ""
+		} else if imgs, _ := filepath.Glob(filepath.Join(o.Dir, "*.img")); len(imgs) > 0 {
+			// A passing run's file system images are only big files.
+			for _, img := range imgs {
+				os.Remove(img)
+			}
+		}
 	}
 	return rep, nil
+}
+
+// clockBinary returns a ballot binary built with the chaosclock tag: the
+// one given, if it is; else one built from the module's source.
+func clockBinary(o Options) (string, error) {
+	if hasChaosClock(o.Binary) {
+		return o.Binary, nil
+	}
+	root := o.Source
+	if root == "" {
+		out, err := exec.Command("go", "env", "GOMOD").Output()
+		if err != nil {
+			return "", fmt.Errorf("%s is not a chaosclock build, and no Go toolchain to build one: %w", o.Binary, err)
+		}
+		root = filepath.Dir(strings.TrimSpace(string(out)))
+	}
+	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil || !strings.HasPrefix(string(mod), "module github.com/ballotdb/ballot\n") {
+		return "", fmt.Errorf("%s is not a chaosclock build, and %q is not ballot's module to build one from (run from the source tree, or build with -tags chaosclock)", o.Binary, root)
+	}
+	dir := filepath.Join(o.Dir, "bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	o.Logf("building a chaosclock binary from %s", root)
+	return BuildBinary(root, dir, "chaosclock")
+}
+
+// hasChaosClock reports whether the binary was built with -tags chaosclock.
+func hasChaosClock(bin string) bool {
+	bi, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-tags" && slices.Contains(strings.Split(s.Value, ","), "chaosclock") {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrViolation is returned by callers that turn a failed report into an
 // error.
 var ErrViolation = errors.New("chaos: violations found")
+
+// engineArgs are the serve flags that pick the consensus engine.
+func engineArgs(engine string) []string {
+	if engine == "" {
+		return nil
+	}
+	return []string{"--engine", engine}
+}

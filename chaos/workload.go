@@ -3,16 +3,19 @@ package chaos
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/anishathalye/porcupine"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -33,6 +36,14 @@ type recorder struct {
 	mu                  sync.Mutex
 	ops                 []porcupine.Operation
 	ok, failed, unknown atomic.Int64
+	noSpace             atomic.Int64 // calls refused with etcd's "database space exceeded"
+}
+
+// refused counts a call a full disk refused.
+func (r *recorder) refused(err error) {
+	if err != nil && (errors.Is(err, rpctypes.ErrNoSpace) || strings.Contains(err.Error(), "database space exceeded")) {
+		r.noSpace.Add(1)
+	}
 }
 
 func (r *recorder) now() int64 { return int64(time.Since(r.start)) }
@@ -106,6 +117,7 @@ func doOp(ctx context.Context, cli *clientv3.Client, id int, in regInput, timeou
 		}
 	}
 	ret := rec.now()
+	rec.refused(err)
 	if err != nil {
 		if in.kind == opGet {
 			rec.failed.Add(1)
@@ -124,6 +136,7 @@ func doOp(ctx context.Context, cli *clientv3.Client, id int, in regInput, timeou
 // setWorkload adds unique keys; every acknowledged add must be present once
 // all faults heal.
 type setWorkload struct {
+	rec   *recorder
 	mu    sync.Mutex
 	acked []string
 	n     atomic.Int64
@@ -135,6 +148,7 @@ func (s *setWorkload) run(ctx context.Context, id int, cli *clientv3.Client, opT
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
 		_, err := cli.Put(octx, k, "x")
 		cancel()
+		s.rec.refused(err)
 		if err == nil {
 			s.mu.Lock()
 			s.acked = append(s.acked, k)

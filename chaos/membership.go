@@ -1,0 +1,178 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// The transfer and member nemeses change who leads and who is a member
+// while the other nemeses' faults are under way: they run on their own
+// schedule, beside the fault schedule, so a transfer can meet a partition
+// and a membership change a paused leader.
+
+// Kinds of the change nemeses.
+const (
+	NemesisTransfer = "transfer" // move leadership to a random member (MoveLeader)
+	NemesisMember   = "member"   // remove a member, wipe it, add it back as a learner on a new address, promote it
+)
+
+// errNotRemoved: the member nemesis's removal was refused; nothing changed.
+var errNotRemoved = errors.New("chaos: member not removed")
+
+// replacer is a cluster whose members the member nemesis can replace.
+type replacer interface {
+	replace(ctx context.Context, i int) error
+}
+
+func clientFor(addrs []string) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: addrs, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("chaos: client: %w", err)
+	}
+	return cli, nil
+}
+
+// memberIDByName finds a member's ID in the member list.
+func memberIDByName(ctx context.Context, cli *clientv3.Client, name string) (uint64, error) {
+	resp, err := cli.MemberList(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("chaos: member list: %w", err)
+	}
+	for _, m := range resp.Members {
+		if m.Name == name {
+			return m.ID, nil
+		}
+	}
+	return 0, fmt.Errorf("chaos: no member named %s", name)
+}
+
+// promoteWhenReady promotes a learner, retrying while it catches up.
+func promoteWhenReady(ctx context.Context, cli *clientv3.Client, id uint64) error {
+	for {
+		// Refusals (not caught up yet, a change still pending, no leader
+		// under a fault) are retried until ctx ends.
+		_, err := cli.MemberPromote(ctx, id)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, rpctypes.ErrMemberNotLearner) {
+			return nil // an earlier try went through
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("chaos: promote %x: %w (last error: %v)", id, ctx.Err(), err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// moveLeader asks the leader (found through the members' status pages) to
+// hand leadership to member to.
+func moveLeader(ctx context.Context, c cluster, to int) error {
+	lead := c.leader()
+	if lead < 0 || lead == to {
+		return fmt.Errorf("chaos: no leader to move, or %s leads already", name(to))
+	}
+	cli, err := clientFor([]string{c.client(lead)})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	all, err := clientFor([]string{c.client(to)})
+	if err != nil {
+		return err
+	}
+	defer all.Close()
+	st, err := all.Status(ctx, c.client(to))
+	if err != nil {
+		return fmt.Errorf("chaos: status of %s: %w", name(to), err)
+	}
+	if _, err := cli.MoveLeader(ctx, st.Header.MemberId); err != nil {
+		return fmt.Errorf("chaos: move leader to %s: %w", name(to), err)
+	}
+	return nil
+}
+
+// wipeDir empties a data directory (it may be a mount point).
+func wipeDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("chaos: wipe %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if e.Name() == "lost+found" {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("chaos: wipe %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// runChanges is the transfer and member nemeses' schedule.
+func (nm *nemesis) runChanges(ctx context.Context, start time.Time, election time.Duration, kinds []string) {
+	n := nm.c.size()
+	if _, ok := nm.c.(replacer); !ok && slices.Contains(kinds, NemesisMember) {
+		nm.logf("!!! SKIPPED: the member nemesis runs on process clusters only (not on containers yet)")
+		kinds = slices.DeleteFunc(slices.Clone(kinds), func(k string) bool { return k == NemesisMember })
+		if len(kinds) == 0 {
+			return
+		}
+	}
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(election*3 + time.Duration(nm.rng.IntN(3000))*time.Millisecond):
+		}
+		kind := kinds[nm.rng.IntN(len(kinds))]
+		at := time.Since(start)
+		opCtx, cancel := context.WithTimeout(ctx, 30*election+20*time.Second)
+		switch kind {
+		case NemesisTransfer:
+			to := nm.rng.IntN(n)
+			if err := moveLeader(opCtx, nm.c, to); err != nil {
+				nm.note(at, kind, "transfer to "+name(to)+" refused: "+err.Error())
+			} else {
+				nm.note(at, kind, "leadership moved to "+name(to))
+			}
+		case NemesisMember:
+			r, ok := nm.c.(replacer)
+			if !ok {
+				cancel()
+				continue
+			}
+			i := nm.pickMember()
+			if !nm.locks.tryLock(i) {
+				cancel()
+				continue
+			}
+			nm.note(at, kind, "remove "+name(i)+", wipe it, add it back as a learner, promote it")
+			if err := r.replace(opCtx, i); errors.Is(err, errNotRemoved) {
+				// Refused under faults before anything changed: fine.
+				nm.note(time.Since(start), kind, "removing "+name(i)+" refused: "+err.Error())
+			} else if err != nil {
+				// Removed but not back within the bound: a cluster that
+				// cannot grow again after faults heal is a violation.
+				nm.violation(fmt.Sprintf("%s was removed but could not be added back: %v", name(i), err))
+			} else {
+				nm.note(time.Since(start), "heal", name(i)+" is a voter again")
+			}
+			nm.locks.unlock(i)
+		}
+		cancel()
+	}
+}
