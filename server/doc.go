@@ -1,7 +1,10 @@
 // Package server is ballot's etcd-compatible service: the etcd v3 gRPC
-// API (KV, Watch, Lease; Cluster and Maintenance in part) served by one
-// member, with writes replicated through a node.Node and applied to the
-// kv MVCC store.
+// API (KV, Watch, Lease, Cluster, Maintenance; not Auth) served by one
+// member, with writes replicated through a node.Node (on Raft or
+// Multi-Paxos) and applied to the kv MVCC store. Membership is in
+// members.go, alarms and the quota in alarm.go and quota.go, the
+// consistency check in corrupt.go, TLS and the shared client port in
+// tls.go and listen.go.
 //
 // # The client port
 //
