@@ -49,8 +49,13 @@ type loop struct {
 	installed   uint64   // index of the newest snapshot installed from a leader
 	snapWaiting *snapJob // taken, waiting for the outstanding Ready to finish
 
-	reads   map[string]*readReq
-	readSeq uint64
+	// Reads: ReadBarriers that arrive together share one ReadIndex round
+	// (readBatch); pendingReads wait for the next flush (see flushReads),
+	// so every read's round starts after it arrived.
+	reads        map[string]*readBatch
+	pendingReads []*readReq
+	readWaiting  int // reads in pendingReads and in reads' batches
+	readSeq      uint64
 
 	retryTicks        uint64 // a forwarded proposal or read unanswered this long is sent again
 	stallTicks        uint64 // FsyncStallTimeout in ticks
@@ -64,9 +69,15 @@ type confAt struct {
 
 // readReq is one ReadBarrier waiting for its read index.
 type readReq struct {
-	rctx      []byte
 	done      chan result // the index, 8 bytes LE
 	abandoned atomic.Bool
+}
+
+// readBatch is one ReadIndex round shared by the reads that arrived
+// before it was issued.
+type readBatch struct {
+	rctx      []byte
+	reqs      []*readReq
 	triedTick uint64
 	again     bool // the engine was not ready: try at the next tick
 }
@@ -85,7 +96,7 @@ func newLoop(n *Node, eng consensus.Engine, rec *recovered) *loop {
 		confCur:           snapMeta.ConfState.Clone(),
 		lastSnap:          snapMeta.Index,
 		installed:         snapMeta.Index,
-		reads:             map[string]*readReq{},
+		reads:             map[string]*readBatch{},
 		retryTicks:        uint64(cfg.ElectionTicks),
 		stallTicks:        ticksFor(cfg.FsyncStallTimeout, cfg.TickInterval),
 		noSpaceRetryTicks: ticksFor(250*time.Millisecond, cfg.TickInterval),
@@ -99,6 +110,7 @@ func (l *loop) run() {
 	defer ticker.Stop()
 	defer l.shutdown()
 	for {
+		l.flushReads()
 		l.maybeReady()
 		select {
 		case <-n.stopc:
@@ -129,6 +141,15 @@ func (l *loop) run() {
 			}
 		case fn := <-n.reqc:
 			fn(l)
+			for range 255 { // take what else arrived (reads batch up), bounded
+				select {
+				case fn := <-n.reqc:
+					fn(l)
+					continue
+				default:
+				}
+				break
+			}
 		case j := <-n.persisted:
 			l.onPersisted(j)
 		case <-n.appliedNote:
@@ -154,10 +175,15 @@ func (l *loop) run() {
 // shutdown answers what only the engine goroutine knows about.
 func (l *loop) shutdown() {
 	err := l.n.stoppedErr()
-	for _, r := range l.reads {
+	for _, b := range l.reads {
+		for _, r := range b.reqs {
+			r.done <- result{err: err}
+		}
+	}
+	for _, r := range l.pendingReads {
 		r.done <- result{err: err}
 	}
-	l.reads = nil
+	l.reads, l.pendingReads = nil, nil
 }
 
 func (l *loop) onTick() {
@@ -267,49 +293,79 @@ func (l *loop) retryProposals() {
 // ---- Reads ----
 
 func (l *loop) startRead(r *readReq) {
-	if len(l.reads) >= l.n.cfg.MaxPendingProposals {
+	if l.readWaiting >= l.n.cfg.MaxPendingProposals {
 		r.done <- result{err: ErrBusy}
 		return
 	}
-	l.readSeq++
-	r.rctx = binary.LittleEndian.AppendUint64(nil, l.readSeq)
-	l.reads[string(r.rctx)] = r
-	l.issueRead(r)
+	l.readWaiting++
+	l.pendingReads = append(l.pendingReads, r)
 }
 
-func (l *loop) issueRead(r *readReq) {
-	r.triedTick, r.again = l.tick, false
-	err := l.eng.ReadIndex(r.rctx)
+// flushReads issues one ReadIndex round for every read that arrived since
+// the last flush, once no round is in flight: reads that arrive during a
+// round cannot use it (it started before them), so they gather and share
+// the next one, as etcd's read loop does. One client sees one round; many
+// see a round each at most every round trip, however many they are.
+func (l *loop) flushReads() {
+	if len(l.pendingReads) == 0 || len(l.reads) > 0 {
+		return
+	}
+	l.readSeq++
+	b := &readBatch{rctx: binary.LittleEndian.AppendUint64(nil, l.readSeq), reqs: l.pendingReads}
+	l.pendingReads = nil
+	l.reads[string(b.rctx)] = b
+	l.issueRead(b)
+}
+
+func (l *loop) issueRead(b *readBatch) {
+	b.triedTick, b.again = l.tick, false
+	err := l.eng.ReadIndex(b.rctx)
 	switch {
 	case err == nil:
 	case errors.Is(err, consensus.ErrNotLeader):
-		delete(l.reads, string(r.rctx))
-		r.done <- result{err: err}
+		l.finishRead(b, result{err: err})
 	default:
 		// A new leader that has not committed its no-op yet, or too
 		// many reads pending in the engine: try again at the next tick.
-		r.again = true
+		b.again = true
 	}
 }
 
+// finishRead answers every read of a round.
+func (l *loop) finishRead(b *readBatch, res result) {
+	delete(l.reads, string(b.rctx))
+	for _, r := range b.reqs {
+		r.done <- res
+	}
+	l.readWaiting -= len(b.reqs)
+}
+
 func (l *loop) retryReads() {
-	for k, r := range l.reads {
+	for k, b := range l.reads {
+		live := b.reqs[:0]
+		for _, r := range b.reqs {
+			if r.abandoned.Load() {
+				l.readWaiting--
+				continue
+			}
+			live = append(live, r)
+		}
+		b.reqs = live
 		switch {
-		case r.abandoned.Load():
+		case len(b.reqs) == 0:
 			delete(l.reads, k)
-		case r.again || l.tick-r.triedTick >= l.retryTicks:
-			l.issueRead(r)
+		case b.again || l.tick-b.triedTick >= l.retryTicks:
+			l.issueRead(b)
 		}
 	}
 }
 
 func (l *loop) onReadState(rs consensus.ReadState) {
-	r := l.reads[string(rs.RequestCtx)]
-	if r == nil {
+	b := l.reads[string(rs.RequestCtx)]
+	if b == nil {
 		return
 	}
-	delete(l.reads, string(rs.RequestCtx))
-	r.done <- result{val: binary.LittleEndian.AppendUint64(nil, rs.Index)}
+	l.finishRead(b, result{val: binary.LittleEndian.AppendUint64(nil, rs.Index)})
 }
 
 // ---- Ready ----
