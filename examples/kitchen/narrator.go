@@ -1,0 +1,56 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"sync"
+	"time"
+)
+
+// narrator tells what happens in plain language and, with --events, writes
+// each event as one JSON object per line.
+type narrator struct {
+	mu     sync.Mutex
+	out    io.Writer
+	events *os.File
+	enc    *json.Encoder
+	start  time.Time
+}
+
+func newNarrator(out io.Writer, eventsPath string) (*narrator, error) {
+	n := &narrator{out: out, start: time.Now()}
+	if eventsPath != "" {
+		f, err := os.Create(eventsPath)
+		if err != nil {
+			return nil, fmt.Errorf("--events: %w", err)
+		}
+		n.events, n.enc = f, json.NewEncoder(f)
+	}
+	return n, nil
+}
+
+// say narrates one event: msg (formatted with args) on the terminal, and
+// {"time", "event", "msg", fields...} in the event log.
+func (n *narrator) say(event string, fields map[string]any, msg string, args ...any) {
+	text := fmt.Sprintf(msg, args...)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	fmt.Fprintf(n.out, "[%5.1fs] %s\n", time.Since(n.start).Seconds(), text)
+	if n.enc == nil {
+		return
+	}
+	rec := map[string]any{"time": time.Now().UTC().Format(time.RFC3339Nano), "event": event, "msg": text}
+	maps.Copy(rec, fields)
+	if err := n.enc.Encode(rec); err != nil {
+		fmt.Fprintf(n.out, "(event log: %v)\n", err)
+	}
+}
+
+func (n *narrator) close() {
+	if n.events != nil {
+		n.events.Close()
+	}
+}
