@@ -3,7 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -26,6 +29,9 @@ type clientFlags struct {
 	dialTimeout time.Duration
 	timeout     time.Duration
 	output      string
+	// TLS, as etcdctl's flags of the same names.
+	cacert, cert, key     string
+	insecureSkipTLSVerify bool
 }
 
 func addClientFlags(cmd *cobra.Command, f *clientFlags) {
@@ -34,6 +40,44 @@ func addClientFlags(cmd *cobra.Command, f *clientFlags) {
 	fl.DurationVar(&f.dialTimeout, "dial-timeout", 3*time.Second, "dial timeout")
 	fl.DurationVar(&f.timeout, "command-timeout", 10*time.Second, "timeout of one request")
 	fl.StringVarP(&f.output, "output", "o", "table", "table or json")
+	fl.StringVar(&f.cacert, "cacert", "", "verify the server with this CA bundle (PEM); turns TLS on")
+	fl.StringVar(&f.cert, "cert", "", "client certificate (PEM) for client-cert-auth; turns TLS on")
+	fl.StringVar(&f.key, "key", "", "private key (PEM) of --cert")
+	fl.BoolVar(&f.insecureSkipTLSVerify, "insecure-skip-tls-verify", false, "TLS without verifying the server's certificate (testing only)")
+}
+
+// tlsConfig is the TLS to dial with, or nil for plain text: TLS is on when
+// a TLS flag is given or an endpoint is https://.
+func (f *clientFlags) tlsConfig() (*tls.Config, error) {
+	on := f.cacert != "" || f.cert != "" || f.key != "" || f.insecureSkipTLSVerify
+	for _, e := range f.endpoints {
+		on = on || strings.HasPrefix(e, "https://")
+	}
+	if !on {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: f.insecureSkipTLSVerify}
+	if f.cacert != "" {
+		pem, err := os.ReadFile(f.cacert)
+		if err != nil {
+			return nil, fmt.Errorf("--cacert: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--cacert %s: no PEM certificate in it", f.cacert)
+		}
+	}
+	if (f.cert == "") != (f.key == "") {
+		return nil, errors.New("--cert and --key go together")
+	}
+	if f.cert != "" {
+		c, err := tls.LoadX509KeyPair(f.cert, f.key)
+		if err != nil {
+			return nil, fmt.Errorf("--cert/--key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return cfg, nil
 }
 
 func (f *clientFlags) client() (*clientv3.Client, error) {
@@ -41,7 +85,11 @@ func (f *clientFlags) client() (*clientv3.Client, error) {
 	for i, e := range f.endpoints {
 		eps[i] = stripScheme(e)
 	}
-	c, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: f.dialTimeout, Logger: zap.NewNop()})
+	tlsCfg, err := f.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: f.dialTimeout, TLS: tlsCfg, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", strings.Join(eps, ","), err)
 	}

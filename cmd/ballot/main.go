@@ -19,6 +19,10 @@ func main() {
 	}
 	root.AddCommand(simCommand(), serveCommand(), devCommand(), chaosCommand())
 	root.AddCommand(clientCommands()...)
+	root.AddCommand(snapshotCommand())
+	root.AddCommand(alarmCommand())
+	root.AddCommand(operatorCommands()...)
+	root.AddCommand(recipeCommands()...)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ballot:", err)
 		os.Exit(1)

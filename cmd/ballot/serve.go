@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,27 +19,36 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/node"
 	"github.com/ballotdb/ballot/server"
 )
 
 type serveFlags struct {
-	name           string
-	dataDir        string
-	listenClient   string
-	listenPeer     string
-	listenHTTP     string
-	initialCluster string
-	clusterToken   string
-	clusterState   string
-	engine         string
-	tick           time.Duration
-	electionTicks  int
-	logLevel       string
-	logFormat      string
-	configFile     string
-	snapshotCount  uint64
-	unsafeStale    bool
-	unsafeEarlyAck bool
+	name            string
+	dataDir         string
+	listenClient    string
+	listenPeer      string
+	listenHTTP      string
+	advertiseClient string
+	forceNewCluster bool
+	peerRoutes      string
+	initialCluster  string
+	clusterToken    string
+	clusterState    string
+	engine          string
+	tick            time.Duration
+	electionTicks   int
+	logLevel        string
+	logFormat       string
+	configFile      string
+	snapshotCount   uint64
+	unsafeStale     bool
+	unsafeEarlyAck  bool
+	unsafeLease     bool
+	clientTLS       server.TLSConfig
+	dashboard       dashboardFlags
+	quotaBytes      int64
+	corruptCheck    time.Duration
 }
 
 func serveCommand() *cobra.Command {
@@ -67,21 +77,34 @@ command line wins over the environment, which wins over the file.`,
 	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the write-ahead log and snapshots (required)")
 	fl.StringVar(&f.listenClient, "listen-client", "127.0.0.1:2379", "address for clients (etcd v3 gRPC API)")
 	fl.StringVar(&f.listenPeer, "listen-peer", "127.0.0.1:2380", "address for the other members")
+	fl.StringVar(&f.peerRoutes, "unsafe-peer-routes", "", "TESTING: name=host:port,... dial these addresses to reach those peers (the chaos rig's fault proxies); IDs still derive from --initial-cluster")
+	fl.BoolVar(&f.forceNewCluster, "force-new-cluster", false, "disaster recovery: start this member alone as a new one-member cluster from its data (once; then restart without it and add members)")
+	fl.StringVar(&f.advertiseClient, "advertise-client-urls", "", "client URLs this member publishes to the cluster, comma-separated (default: http://<listen-client>)")
 	fl.StringVar(&f.listenHTTP, "listen-http", "127.0.0.1:2381", "address for health and status over HTTP ('' to disable)")
 	fl.StringVar(&f.initialCluster, "initial-cluster", "", "initial members: name=host:port,... (peer addresses)")
 	fl.StringVar(&f.clusterToken, "initial-cluster-token", "ballot-cluster", "token naming the cluster; member and cluster IDs derive from it")
 	fl.StringVar(&f.clusterState, "initial-cluster-state", "new", "new: bootstrap with --initial-cluster; existing: join a running cluster")
-	fl.StringVar(&f.engine, "engine", "raft", "consensus engine (raft)")
+	fl.StringVar(&f.engine, "engine", "raft", "consensus engine: raft or paxos (every member must run the same)")
 	fl.DurationVar(&f.tick, "tick", 100*time.Millisecond, "length of one engine tick (heartbeat interval)")
 	fl.IntVar(&f.electionTicks, "election-ticks", 10, "election timeout in ticks")
 	fl.Uint64Var(&f.snapshotCount, "snapshot-count", 10000, "applied entries between automatic snapshots")
+	fl.StringVar(&f.clientTLS.CertFile, "cert-file", "", "client port TLS certificate (PEM); with --key-file turns TLS on for clients. Reloaded when the file changes")
+	fl.StringVar(&f.clientTLS.KeyFile, "key-file", "", "client port TLS private key (PEM)")
+	fl.StringVar(&f.clientTLS.TrustedCAFile, "trusted-ca-file", "", "CA certificates (PEM) that sign client certificates")
+	fl.BoolVar(&f.clientTLS.ClientCertAuth, "client-cert-auth", false, "refuse clients without a certificate signed by --trusted-ca-file")
+	fl.Int64Var(&f.quotaBytes, "quota-backend-bytes", server.DefaultQuotaBackendBytes, "data size beyond which the NOSPACE alarm is raised and writes are refused (-1: no quota)")
+	fl.DurationVar(&f.corruptCheck, "corrupt-check-time", server.DefaultCorruptCheckTime, "how often the leader compares the members' hashes, raising CORRUPT on a mismatch (0: never)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.StringVar(&f.configFile, "config", "", "JSON file of flag values")
+	addDashboardFlags(fl, &f.dashboard)
 	fl.BoolVar(&f.unsafeStale, "unsafe-stale-reads", false, "BROKEN ON PURPOSE: serve linearizable reads without a read barrier (for the chaos rig's self-test)")
 	fl.BoolVar(&f.unsafeEarlyAck, "unsafe-early-ack", false, "BROKEN ON PURPOSE: acknowledge writes before they commit (for the chaos rig's self-test)")
+	fl.BoolVar(&f.unsafeLease, "unsafe-lease-early-expiry", false, "BROKEN ON PURPOSE: expire leases at half their TTL (for the chaos rig's self-test)")
 	_ = fl.MarkHidden("unsafe-stale-reads")
 	_ = fl.MarkHidden("unsafe-early-ack")
+	_ = fl.MarkHidden("unsafe-lease-early-expiry")
+	_ = fl.MarkHidden("unsafe-peer-routes")
 	return cmd
 }
 
@@ -173,8 +196,8 @@ func runServe(ctx context.Context, f serveFlags) error {
 	if f.name == "" || f.dataDir == "" {
 		return errors.New("serve: --name and --data-dir are required")
 	}
-	if f.engine != "raft" {
-		return fmt.Errorf("serve: --engine %q: only raft is available (Multi-Paxos is coming)", f.engine)
+	if f.engine != string(node.EngineRaft) && f.engine != string(node.EnginePaxos) {
+		return fmt.Errorf("serve: --engine %q: want raft or paxos", f.engine)
 	}
 	log, err := newLogger(f.logLevel, f.logFormat)
 	if err != nil {
@@ -183,6 +206,10 @@ func runServe(ctx context.Context, f serveFlags) error {
 	initial, err := parseCluster(f.initialCluster)
 	if err != nil {
 		return err
+	}
+	routes, err := parseCluster(f.peerRoutes)
+	if err != nil {
+		return fmt.Errorf("--unsafe-peer-routes: %w", err)
 	}
 	join := false
 	switch f.clusterState {
@@ -198,6 +225,10 @@ func runServe(ctx context.Context, f serveFlags) error {
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return fmt.Errorf("serve: data dir: %w", err)
 	}
+	clientTLS, err := f.clientTLSConfig()
+	if err != nil {
+		return err
+	}
 	cl, err := net.Listen("tcp", stripScheme(f.listenClient))
 	if err != nil {
 		return fmt.Errorf("serve: --listen-client: %w", err)
@@ -207,11 +238,16 @@ func runServe(ctx context.Context, f serveFlags) error {
 		cl.Close()
 		return fmt.Errorf("serve: --listen-peer: %w", err)
 	}
+	mon := newMonitor(f.dashboard, f.name, f.listenHTTP, log)
 	srv, err := server.Start(ctx, server.Config{
 		Name: f.name, ClusterToken: f.clusterToken, InitialCluster: initial, Join: join,
+		Engine:              node.EngineKind(f.engine),
+		AdvertiseClientURLs: splitList(f.advertiseClient), ForceNewCluster: f.forceNewCluster, PeerRoutes: routes,
 		DataDir: f.dataDir, ClientListener: cl, PeerListener: pl,
 		TickInterval: f.tick, ElectionTicks: f.electionTicks, SnapshotEntries: f.snapshotCount,
-		Logger: log, Unsafe: server.UnsafeKnobs{StaleReads: f.unsafeStale, EarlyAck: f.unsafeEarlyAck},
+		Logger: log, Clock: serveClock(f.dataDir, log), TLS: clientTLS, Observe: mon.observe(),
+		QuotaBackendBytes: f.quotaBytes, CorruptCheckTime: cmp.Or(f.corruptCheck, -1), // flag 0: never
+		Unsafe: server.UnsafeKnobs{StaleReads: f.unsafeStale, EarlyAck: f.unsafeEarlyAck, LeaseEarlyExpiry: f.unsafeLease},
 	})
 	if err != nil {
 		pl.Close()
@@ -224,11 +260,17 @@ func runServe(ctx context.Context, f serveFlags) error {
 			srv.Stop()
 			return fmt.Errorf("serve: --listen-http: %w", err)
 		}
-		httpSrv = &http.Server{Handler: httpHandler(srv), ReadHeaderTimeout: 5 * time.Second}
+		h, err := httpHandler(srv, mon)
+		if err != nil {
+			hl.Close()
+			srv.Stop()
+			return err
+		}
+		httpSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 		go httpSrv.Serve(hl)
 	}
 	fmt.Fprintf(os.Stderr, "ballot: member %s (%x) of cluster %x serving clients on %s\n",
-		f.name, srv.MemberID(), srv.ClusterID(), cl.Addr())
+		f.name, srv.MemberID(), srv.ClusterID(), srv.ClientURL())
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -248,8 +290,24 @@ func runServe(ctx context.Context, f serveFlags) error {
 	return nil
 }
 
-// httpHandler serves health and status, the operator's view over HTTP.
-func httpHandler(srv *server.Server) http.Handler {
+// clientTLSConfig is the client port's TLS, or nil for plain text.
+func (f *serveFlags) clientTLSConfig() (*server.TLSConfig, error) {
+	t := f.clientTLS
+	if t == (server.TLSConfig{}) {
+		return nil, nil
+	}
+	if t.CertFile == "" || t.KeyFile == "" {
+		return nil, errors.New("serve: client TLS needs both --cert-file and --key-file")
+	}
+	if t.ClientCertAuth && t.TrustedCAFile == "" {
+		return nil, errors.New("serve: --client-cert-auth needs --trusted-ca-file")
+	}
+	return &t, nil
+}
+
+// httpHandler serves health and status, the operator's view over HTTP,
+// with the metrics, health checks and dashboard of monitor.go.
+func httpHandler(srv *server.Server, mon *monitor) (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -270,5 +328,19 @@ func httpHandler(srv *server.Server) http.Handler {
 			"commit": st.Commit, "applied": st.Applied, "last_index": st.LastIndex,
 		})
 	})
-	return mux
+	if err := mon.mount(mux, srv); err != nil {
+		return nil, err
+	}
+	return mux, nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
