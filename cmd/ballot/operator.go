@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -218,29 +221,69 @@ func operatorCommands() []*cobra.Command {
 		}
 		return rows
 	}
+	var watch bool
+	var every time.Duration
 	status := &cobra.Command{
-		Use: "status", Short: "a table of every member: leader, term, indexes, size, errors", Args: cobra.NoArgs,
-		RunE: run(func(ctx context.Context, c *clientv3.Client, _ []string) error {
-			rows := statuses(ctx, c)
-			out(rows, func(w io.Writer) {
-				fmt.Fprintln(w, "ENDPOINT\tID\tVERSION\tDB SIZE\tLEADER\tLEARNER\tTERM\tRAFT INDEX\tAPPLIED\tERRORS")
-				for _, r := range rows {
-					if r.Err != "" {
-						fmt.Fprintf(w, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\n", r.Endpoint, r.Err)
-						continue
+		Use:   "status",
+		Short: "a table of every member: leader, term, indexes, size, errors (--watch refreshes it)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.output != "table" && f.output != "json" {
+				return fmt.Errorf("-o %q: want table or json", f.output)
+			}
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			render := func() error {
+				ctx, cancel := f.ctx()
+				defer cancel()
+				rows := statuses(ctx, c)
+				out(rows, func(w io.Writer) {
+					fmt.Fprintln(w, "ENDPOINT\tID\tVERSION\tDB SIZE\tLEADER\tLEARNER\tTERM\tRAFT INDEX\tAPPLIED\tERRORS")
+					for _, r := range rows {
+						if r.Err != "" {
+							fmt.Fprintf(w, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\n", r.Endpoint, r.Err)
+							continue
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%v\t%d\t%d\t%d\t%s\n", r.Endpoint, r.ID, r.Version, humanBytes(r.DBSize),
+							r.IsLeader, r.IsLearner, r.Term, r.Commit, r.Applied, strings.Join(r.Errors, "; "))
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%v\t%d\t%d\t%d\t%s\n", r.Endpoint, r.ID, r.Version, humanBytes(r.DBSize),
-						r.IsLeader, r.IsLearner, r.Term, r.Commit, r.Applied, strings.Join(r.Errors, "; "))
+				})
+				if n := countErrs(rows, func(r memberStatus) bool { return r.Err != "" }); n > 0 {
+					return fmt.Errorf("status: %d of %d endpoints did not answer", n, len(rows))
 				}
-			})
-			for _, r := range rows {
-				if r.Err != "" {
-					return fmt.Errorf("status: %d of %d endpoints did not answer", countErrs(rows, func(r memberStatus) bool { return r.Err != "" }), len(rows))
+				return nil
+			}
+			if !watch {
+				return render()
+			}
+			if every <= 0 {
+				return fmt.Errorf("--interval %v: want a positive duration", every)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for {
+				if f.output == "table" {
+					fmt.Print("\033[H\033[2J") // clear the terminal
+					fmt.Printf("ballot status, every %v (Ctrl-C stops), %s\n\n", every, time.Now().Format(time.TimeOnly))
+				}
+				if err := render(); err != nil {
+					fmt.Println(err)
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-tick.C:
 				}
 			}
-			return nil
-		}),
+		},
 	}
+	status.Flags().BoolVarP(&watch, "watch", "w", false, "refresh the table until Ctrl-C")
+	status.Flags().DurationVar(&every, "interval", time.Second, "refresh interval with --watch")
 
 	leader := &cobra.Command{
 		Use: "leader", Short: "who leads, and in which term", Args: cobra.NoArgs,
