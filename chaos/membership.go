@@ -122,8 +122,11 @@ func wipeDir(dir string) error {
 	return nil
 }
 
-// runChanges is the transfer and member nemeses' schedule.
-func (nm *nemesis) runChanges(ctx context.Context, start time.Time, election time.Duration, kinds []string) {
+// runChanges is the transfer and member nemeses' schedule. New changes
+// start only while ctx (the run) lasts; a change under way finishes within
+// its own bound under opsCtx (the rig's, which only an interrupt ends), so
+// the end of the run never leaves a member half replaced.
+func (nm *nemesis) runChanges(ctx, opsCtx context.Context, start time.Time, election time.Duration, kinds []string) {
 	n := nm.c.size()
 	if _, ok := nm.c.(replacer); !ok && slices.Contains(kinds, NemesisMember) {
 		nm.logf("!!! SKIPPED: the member nemesis runs on process clusters only (not on containers yet)")
@@ -140,7 +143,7 @@ func (nm *nemesis) runChanges(ctx context.Context, start time.Time, election tim
 		}
 		kind := kinds[nm.rng.IntN(len(kinds))]
 		at := time.Since(start)
-		opCtx, cancel := context.WithTimeout(ctx, 30*election+20*time.Second)
+		opCtx, cancel := context.WithTimeout(opsCtx, 30*election+20*time.Second)
 		switch kind {
 		case NemesisTransfer:
 			to := nm.rng.IntN(n)

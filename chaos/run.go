@@ -359,7 +359,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	cm := &nemesis{c: c, kinds: changes, rng: rand.New(rand.NewPCG(o.Seed, 0xc4a)), logf: o.Logf, counts: map[string]int{}, locks: locks}
 	if len(changes) > 0 {
 		wg.Add(1)
-		go func() { defer wg.Done(); cm.runChanges(runCtx, rec.start, election, changes) }()
+		go func() { defer wg.Done(); cm.runChanges(runCtx, ctx, rec.start, election, changes) }()
 	}
 	wg.Wait()
 	nm.absorb(cm)
