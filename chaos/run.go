@@ -66,10 +66,11 @@ const (
 	WorkloadSet      = "set"      // no acknowledged add lost
 	WorkloadWatch    = "watch"    // no gap, repeat or reordering; replay gives the final state
 	WorkloadLease    = "lease"    // leases expire when and only when their holders stop keeping them alive
+	WorkloadLock     = "lock"     // recipes/lock: fenced increments are never lost, tokens never go down
 )
 
 // AllWorkloads lists every workload, all run by default.
-var AllWorkloads = []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease}
+var AllWorkloads = []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease, WorkloadLock}
 
 // Report is the outcome of a run.
 type Report struct {
@@ -80,6 +81,7 @@ type Report struct {
 	SetAcked                   int
 	WatchEvents                int
 	Lease                      leaseStats
+	Lock                       string // the lock workload's summary line, if it ran
 	Skipped                    []string // nemeses that could not run here, and why
 	Faults                     map[string]int
 	Schedule                   []string
@@ -105,6 +107,9 @@ func (r *Report) Summary() string {
 	l := r.Lease
 	fmt.Fprintf(&b, "lease: %d granted (%d kept to the end, %d abandoned or lost), %d grants unknown, %d keep-alives acknowledged; %d seen expired, %d kept leases lost under faults, latest expiry %v past its promise\n",
 		l.Granted, l.Kept, l.Abandoned, l.Unknown, l.KeepAlivesOK, l.Expired, l.LostUnderFaults, l.MaxLate.Round(time.Millisecond))
+	if r.Lock != "" {
+		fmt.Fprintln(&b, r.Lock)
+	}
 	if r.NoSpace > 0 {
 		fmt.Fprintf(&b, "disk full: %d client calls refused with \"database space exceeded\"\n", r.NoSpace)
 	}
@@ -306,6 +311,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if has(WorkloadLease) {
 		lw = newLeaseWorkload(rec, o.Seed, election)
 	}
+	var lockW *lockWorkload
+	if has(WorkloadLock) {
+		lockW = &lockWorkload{}
+	}
 	for i := range o.Nodes {
 		cli, err := newClient([]string{c.client(i)})
 		if err != nil {
@@ -326,6 +335,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			clients = append(clients, sc)
 			wg.Add(1)
 			go func() { defer wg.Done(); set.run(runCtx, 1000+i, sc, opTimeout) }()
+		}
+		if lockW != nil {
+			kc, err := newClient([]string{c.client(i)})
+			if err != nil {
+				return nil, err
+			}
+			clients = append(clients, kc)
+			wg.Add(1)
+			go func() { defer wg.Done(); lockW.holder(runCtx, kc, opTimeout) }()
 		}
 		if lw != nil {
 			lc, err := newClient([]string{c.client(i)}) // pinned: faults show
@@ -404,6 +422,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if err := lw.writeHistories(filepath.Join(o.Dir, "leases.txt")); err != nil {
 			o.Logf("%v", err)
 		}
+	}
+	if lockW != nil {
+		kctx, kcancel := context.WithTimeout(hctx, 10*time.Second)
+		rep.Violations = append(rep.Violations, lockW.check(kctx, final)...)
+		kcancel()
+		rep.Lock = lockW.summary()
 	}
 	var finalState map[string]string
 	var finalRev int64
