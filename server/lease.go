@@ -117,25 +117,39 @@ func (l *lessor) check() {
 		}
 	}
 	l.mu.Unlock()
+	// Revoke the expired leases side by side (at most revokeParallel at a
+	// time): one revocation held up by a slow round must not delay every
+	// other lease past its deadline.
+	sem := make(chan struct{}, revokeParallel)
+	var wg sync.WaitGroup
 	for _, id := range expired {
-		// Only the leader of this term may revoke on its own clock: a
-		// revocation it decided before a pause must not be forwarded to
-		// (and committed by) the leader that replaced it meanwhile
-		// (etcd-io/etcd#15247).
-		ctx, cancel := context.WithTimeout(context.Background(), l.s.requestTimeout())
-		_, err := l.s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}},
-			func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
-		cancel()
-		if errors.Is(err, rpctypes.ErrGRPCNoLeader) {
-			return // no longer the leader of term: the next leader decides
-		}
-		if err != nil && !errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
-			l.s.log.Warn("revoking an expired lease failed; will retry", "lease", id, "err", err)
-			continue
-		}
-		l.s.log.Info("lease expired", "lease", id)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			// Only the leader of this term may revoke on its own clock: a
+			// revocation it decided before a pause must not be forwarded
+			// to (and committed by) the leader that replaced it meanwhile
+			// (etcd-io/etcd#15247).
+			ctx, cancel := context.WithTimeout(context.Background(), l.s.requestTimeout())
+			defer cancel()
+			_, err := l.s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}},
+				func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
+			switch {
+			case errors.Is(err, rpctypes.ErrGRPCNoLeader):
+				// No longer the leader of term: the next leader decides.
+			case err != nil && !errors.Is(err, rpctypes.ErrGRPCLeaseNotFound):
+				l.s.log.Warn("revoking an expired lease failed; will retry", "lease", id, "err", err)
+			default:
+				l.s.log.Info("lease expired", "lease", id)
+			}
+		}()
 	}
+	wg.Wait()
 }
+
+// revokeParallel bounds the revocations the lessor has in flight.
+const revokeParallel = 32
 
 // renew moves a lease's deadline on the leader of term. It reports
 // expired when the deadline has already passed: the lease is being revoked
