@@ -81,7 +81,7 @@ type Report struct {
 	SetAcked                   int
 	WatchEvents                int
 	Lease                      leaseStats
-	Lock                       string // the lock workload's summary line, if it ran
+	Lock                       string   // the lock workload's summary line, if it ran
 	Skipped                    []string // nemeses that could not run here, and why
 	Faults                     map[string]int
 	Schedule                   []string
