@@ -133,7 +133,10 @@ func memLoad(b *testing.B, loaders []*clientv3.Client, n int, val string) {
 // from its own state (a serializable count).
 func memWaitApplied(b *testing.B, cli *clientv3.Client, n int) {
 	b.Helper()
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.NewTimer(5 * time.Minute)
+	defer deadline.Stop()
+	poll := time.NewTicker(100 * time.Millisecond) // a follower catching up: poll its count
+	defer poll.Stop()
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		resp, err := cli.Get(ctx, "mem/key/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithSerializable())
@@ -141,10 +144,11 @@ func memWaitApplied(b *testing.B, cli *clientv3.Client, n int) {
 		if err == nil && resp.Count == int64(n) {
 			return
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
 			b.Fatalf("member %v: count %v (err %v), want %d", cli.Endpoints(), resp, err, n)
+		case <-poll.C:
 		}
-		time.Sleep(100 * time.Millisecond) // a follower catching up; nothing to wait on from outside
 	}
 }
 
