@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -45,20 +46,42 @@ func TestOperatorCommands(t *testing.T) {
 	c.Leader()
 	eps := strings.Join(c.Endpoints(), ",")
 
-	out, err := opRun(t, eps, "member", "list", "-o", "json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var members []struct {
 		ID, Name   string
 		Learner    bool
 		ClientURLs []string `json:"client_urls"`
 	}
-	if err := json.Unmarshal([]byte(out), &members); err != nil || len(members) != 3 {
-		t.Fatalf("member list -o json: %v\n%s", err, out)
+	// Members publish their client URLs through the log once they run:
+	// wait (with a deadline) until member list shows all three's.
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		out, err := opRun(t, eps, "member", "list", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(out), &members); err != nil || len(members) != 3 {
+			t.Fatalf("member list -o json: %v\n%s", err, out)
+		}
+		published := 0
+		for _, m := range members {
+			if len(m.ClientURLs) > 0 {
+				published++
+			}
+		}
+		if published == 3 {
+			break
+		}
+		select {
+		case <-deadline.C:
+			t.Fatalf("member list never showed every client URL:\n%s", out)
+		case <-poll.C:
+		}
 	}
 
-	out, err = opRun(t, eps, "status")
+	out, err := opRun(t, eps, "status")
 	if err != nil || strings.Count(out, "true ") < 1 || !strings.Contains(out, "RAFT INDEX") || len(strings.Split(strings.TrimSpace(out), "\n")) != 4 {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
