@@ -143,34 +143,35 @@ func operatorCommands() []*cobra.Command {
 		return nil
 	})
 	member.AddCommand(add)
-	member.AddCommand(&cobra.Command{
-		Use: "remove ID", Short: "remove a member for good (the leader hands leadership away first)", Args: cobra.ExactArgs(1),
-		RunE: run(func(ctx context.Context, c *clientv3.Client, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			if _, err := c.MemberRemove(ctx, id); err != nil {
-				return err
-			}
-			fmt.Printf("Member %x removed from the cluster.\n", id)
-			return nil
-		}),
-	})
-	member.AddCommand(&cobra.Command{
-		Use: "promote ID", Short: "make a caught-up learner a voter", Args: cobra.ExactArgs(1),
-		RunE: run(func(ctx context.Context, c *clientv3.Client, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			if _, err := c.MemberPromote(ctx, id); err != nil {
-				return err
-			}
-			fmt.Printf("Member %x promoted to voter.\n", id)
-			return nil
-		}),
-	})
+	// byID is a member command whose one argument is a member ID.
+	byID := func(use, short string, do func(ctx context.Context, c *clientv3.Client, id uint64) error, done string) *cobra.Command {
+		return &cobra.Command{
+			Use: use, Short: short, Args: cobra.ExactArgs(1),
+			RunE: run(func(ctx context.Context, c *clientv3.Client, args []string) error {
+				id, err := parseID(args[0])
+				if err != nil {
+					return err
+				}
+				if err := do(ctx, c, id); err != nil {
+					return err
+				}
+				fmt.Printf("Member %x %s.\n", id, done)
+				return nil
+			}),
+		}
+	}
+	member.AddCommand(byID("remove ID", "remove a member for good (the leader hands leadership away first)",
+		func(ctx context.Context, c *clientv3.Client, id uint64) error {
+			_, err := c.MemberRemove(ctx, id)
+			return err
+		},
+		"removed from the cluster"))
+	member.AddCommand(byID("promote ID", "make a caught-up learner a voter",
+		func(ctx context.Context, c *clientv3.Client, id uint64) error {
+			_, err := c.MemberPromote(ctx, id)
+			return err
+		},
+		"promoted to voter"))
 	update := &cobra.Command{Use: "update ID --peer-urls URL", Short: "change where a member listens for peers", Args: cobra.ExactArgs(1)}
 	var newPeer string
 	update.Flags().StringVar(&newPeer, "peer-urls", "", "the member's new peer URL")
