@@ -19,11 +19,12 @@ import (
 )
 
 const (
-	magic         = "BLT1"
-	wireVersion   = 2
-	streamMsgs    = 0
-	streamSnap    = 1
-	handshakeSize = 4 + 1 + 1 + 8 + 8 + 8
+	magic          = "BLT1"
+	wireVersion    = 2 // a plain transport: one group per connection
+	wireVersionMux = 3 // a Mux: each message tagged with its group (mux.go)
+	streamMsgs     = 0
+	streamSnap     = 1
+	handshakeSize  = 4 + 1 + 1 + 8 + 8 + 8
 
 	ackOK            = 0
 	ackOtherCluster  = 1
@@ -32,6 +33,21 @@ const (
 	ackNotAddressee  = 4
 	maxBatchMessages = 512
 )
+
+// ackReason names a refusal code for logs and errors.
+func ackReason(code byte) string {
+	switch code {
+	case ackOtherCluster:
+		return "another cluster"
+	case ackUnknownNode:
+		return "unknown node"
+	case ackWrongVersion:
+		return "another wire version (a plain transport and a Mux do not talk to each other)"
+	case ackNotAddressee:
+		return "another node ID"
+	}
+	return "unknown refusal code"
+}
 
 // Config configures a TCP transport.
 type Config struct {
@@ -111,11 +127,16 @@ type Stats struct {
 
 // TCP is the TCP transport.
 type TCP struct {
-	cfg    Config
-	ln     net.Listener
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cfg Config
+	// mux, when set, makes this the shared transport of a Mux: it speaks
+	// wire version 3 and delivers to the mux's groups instead of
+	// cfg.Handler. version is the wire version it speaks.
+	mux     *Mux
+	version byte
+	ln      net.Listener
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 
 	mu      sync.Mutex
 	peers   map[consensus.NodeID]*peer
@@ -134,18 +155,33 @@ type TCP struct {
 type peer struct {
 	id     consensus.NodeID
 	addr   atomic.Value // string
-	q      chan consensus.Message
-	sq     chan consensus.Message
+	q      chan envelope
+	sq     chan envelope
 	cancel context.CancelFunc
 }
 
+// envelope is a message queued for a peer with the group it belongs to
+// (always 0 on a plain transport).
+type envelope struct {
+	group uint64
+	consensus.Message
+}
+
 // NewTCP starts a transport listening on cfg.Listener.
-func NewTCP(cfg Config) (*TCP, error) {
+func NewTCP(cfg Config) (*TCP, error) { return newTCP(cfg, nil) }
+
+// newTCP starts a plain transport (mux nil) or a mux's shared transport.
+func newTCP(cfg Config, mux *Mux) (*TCP, error) {
+	version := byte(wireVersion)
+	if mux != nil {
+		version = wireVersionMux
+		cfg.Handler = nopHandler{} // never called: the mux delivers
+	}
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	t := &TCP{cfg: cfg, ln: cfg.Listener, ctx: ctx, cancel: cancel,
+	t := &TCP{cfg: cfg, mux: mux, version: version, ln: cfg.Listener, ctx: ctx, cancel: cancel,
 		peers: map[consensus.NodeID]*peer{}, inbound: map[net.Conn]struct{}{},
 		partial: map[consensus.NodeID]*partialSnap{}, snapIn: map[consensus.NodeID]*snapReader{}}
 	if cfg.TLS != nil {
@@ -176,8 +212,8 @@ func (t *TCP) AddPeer(id consensus.NodeID, addr string) {
 		return
 	}
 	ctx, cancel := context.WithCancel(t.ctx)
-	p := &peer{id: id, q: make(chan consensus.Message, t.cfg.QueueLen),
-		sq: make(chan consensus.Message, t.cfg.SnapshotQueueLen), cancel: cancel}
+	p := &peer{id: id, q: make(chan envelope, t.cfg.QueueLen),
+		sq: make(chan envelope, t.cfg.SnapshotQueueLen), cancel: cancel}
 	p.addr.Store(addr)
 	t.peers[id] = p
 	t.wg.Add(2)
@@ -198,7 +234,10 @@ func (t *TCP) RemovePeer(id consensus.NodeID) {
 
 // Send queues msgs; a message for an unknown peer or a full queue is dropped,
 // counted and reported unreachable.
-func (t *TCP) Send(msgs []consensus.Message) {
+func (t *TCP) Send(msgs []consensus.Message) { t.send(0, msgs) }
+
+// send queues msgs of group (0 on a plain transport).
+func (t *TCP) send(group uint64, msgs []consensus.Message) {
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
@@ -206,11 +245,12 @@ func (t *TCP) Send(msgs []consensus.Message) {
 		return
 	}
 	for _, m := range msgs {
+		e := envelope{group: group, Message: m}
 		t.mu.Lock()
 		p := t.peers[m.To]
 		t.mu.Unlock()
 		if p == nil {
-			t.drop(m, "unknown peer")
+			t.drop(e, "unknown peer")
 			continue
 		}
 		q := p.q
@@ -218,25 +258,74 @@ func (t *TCP) Send(msgs []consensus.Message) {
 			q = p.sq
 		}
 		select {
-		case q <- m:
+		case q <- e:
 		default:
-			t.drop(m, "queue full")
+			t.drop(e, "queue full")
 		}
 	}
 }
 
-func (t *TCP) drop(m consensus.Message, why string) {
+func (t *TCP) drop(e envelope, why string) {
 	t.dropped.Add(1)
-	if m.Type == consensus.MsgSnap {
-		t.cfg.Handler.SnapshotStatus(m.To, false)
+	if e.Type == consensus.MsgSnap {
+		t.snapshotStatus(e.group, e.To, false)
 	} else {
-		t.cfg.Handler.Unreachable(m.To)
+		t.unreachable(e.group, e.To)
 	}
-	t.cfg.Logger.Debug("message dropped", "peer", m.To, "type", m.Type.String(), "reason", why)
+	if t.mux != nil {
+		t.cfg.Logger.Debug("message dropped", "peer", e.To, "group", e.group, "type", e.Type.String(), "reason", why)
+		return
+	}
+	t.cfg.Logger.Debug("message dropped", "peer", e.To, "type", e.Type.String(), "reason", why)
 }
 
+// The handler calls: to cfg.Handler on a plain transport, to the group's
+// handler on a mux. They are never made with t.mu held.
+
+func (t *TCP) receive(group uint64, m consensus.Message) {
+	if t.mux != nil {
+		t.mux.receive(group, m)
+		return
+	}
+	t.cfg.Handler.Receive(m)
+}
+
+func (t *TCP) unreachable(group uint64, peer consensus.NodeID) {
+	if t.mux != nil {
+		t.mux.unreachable(group, peer)
+		return
+	}
+	t.cfg.Handler.Unreachable(peer)
+}
+
+func (t *TCP) snapshotStatus(group uint64, peer consensus.NodeID, ok bool) {
+	if t.mux != nil {
+		t.mux.snapshotStatus(group, peer, ok)
+		return
+	}
+	t.cfg.Handler.SnapshotStatus(peer, ok)
+}
+
+// peerDown tells a mux that a dial or a write of the message stream to
+// peer failed, so that every group that has the peer hears of it, not only
+// the groups whose messages were in the failed batch (once per failure,
+// not per batch dropped while backing off). A plain transport has one
+// group, already told by drop.
+func (t *TCP) peerDown(peer consensus.NodeID) {
+	if t.mux != nil {
+		t.mux.peerDown(peer)
+	}
+}
+
+// nopHandler stands in for Config.Handler on a mux's transport.
+type nopHandler struct{}
+
+func (nopHandler) Receive(consensus.Message)             {}
+func (nopHandler) Unreachable(consensus.NodeID)          {}
+func (nopHandler) SnapshotStatus(consensus.NodeID, bool) {}
+
 // writeLoop sends one peer's stream, redialling with jittered backoff.
-func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consensus.Message) {
+func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan envelope) {
 	defer t.wg.Done()
 	var conn net.Conn
 	var bw *bufio.Writer
@@ -249,9 +338,9 @@ func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consen
 	backoff := t.cfg.BackoffMin
 	var retryAt time.Time
 	buf := make([]byte, 0, 64<<10)
-	batch := make([]consensus.Message, 0, maxBatchMessages)
+	batch := make([]envelope, 0, maxBatchMessages)
 	for {
-		var m consensus.Message
+		var m envelope
 		select {
 		case <-ctx.Done():
 			return
@@ -282,6 +371,9 @@ func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consen
 				for _, m := range batch {
 					t.drop(m, "dial failed")
 				}
+				if stream == streamMsgs {
+					t.peerDown(p.id)
+				}
 				// Jittered exponential backoff: [backoff/2, backoff).
 				retryAt = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
 				backoff = min(backoff*2, t.cfg.BackoffMax)
@@ -300,10 +392,10 @@ func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consen
 				continue
 			}
 			t.sent.Add(1)
-			t.cfg.Handler.SnapshotStatus(batch[0].To, true)
+			t.snapshotStatus(batch[0].group, batch[0].To, true)
 			continue
 		}
-		buf = encodeFrame(buf[:0], batch)
+		buf = encodeFrame(buf[:0], batch, t.mux != nil)
 		conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout))
 		_, err := bw.Write(buf)
 		if err == nil {
@@ -316,20 +408,26 @@ func (t *TCP) writeLoop(ctx context.Context, p *peer, stream byte, q chan consen
 			for _, m := range batch {
 				t.drop(m, "write failed")
 			}
+			t.peerDown(p.id)
 			continue
 		}
 		t.sent.Add(uint64(len(batch)))
 	}
 }
 
-func encodeFrame(buf []byte, batch []consensus.Message) []byte {
+// encodeFrame appends a frame of batch; tagged (wire version 3) puts each
+// message's group before it.
+func encodeFrame(buf []byte, batch []envelope, tagged bool) []byte {
 	buf = append(buf, 0, 0, 0, 0)
 	buf = binary.AppendUvarint(buf, uint64(len(batch)))
 	for i := range batch {
+		if tagged {
+			buf = binary.AppendUvarint(buf, batch[i].group)
+		}
 		start := len(buf)
 		buf = append(buf, make([]byte, binary.MaxVarintLen64)...)
 		msgStart := len(buf)
-		buf = consensus.AppendMessage(buf, &batch[i])
+		buf = consensus.AppendMessage(buf, &batch[i].Message)
 		n := len(buf) - msgStart
 		var lb [binary.MaxVarintLen64]byte
 		k := binary.PutUvarint(lb[:], uint64(n))
@@ -363,7 +461,7 @@ func (t *TCP) dial(ctx context.Context, p *peer, stream byte) (net.Conn, snapKey
 	c.SetDeadline(deadline)
 	var hs [handshakeSize]byte
 	copy(hs[:], magic)
-	hs[4], hs[5] = wireVersion, stream
+	hs[4], hs[5] = t.version, stream
 	binary.LittleEndian.PutUint64(hs[6:], t.cfg.ClusterID)
 	binary.LittleEndian.PutUint64(hs[14:], uint64(t.cfg.ID))
 	binary.LittleEndian.PutUint64(hs[22:], uint64(p.id))
@@ -378,17 +476,24 @@ func (t *TCP) dial(ctx context.Context, p *peer, stream byte) (net.Conn, snapKey
 	}
 	if ack[0] != ackOK {
 		c.Close()
-		return nil, none, fmt.Errorf("%w: %s refused us (code %d)", ErrRefused, addr, ack[0])
+		if ack[0] == ackWrongVersion {
+			t.cfg.Logger.Warn("peer speaks another wire version", "peer", p.id, "addr", addr, "version", t.version)
+		}
+		return nil, none, fmt.Errorf("%w: %s refused us (code %d: %s)", ErrRefused, addr, ack[0], ackReason(ack[0]))
 	}
 	var resume snapKey
 	if stream == streamSnap {
-		var rb [24]byte
-		if _, err := io.ReadFull(c, rb[:]); err != nil {
+		var rb [32]byte
+		n := resumeSize(t.version)
+		if _, err := io.ReadFull(c, rb[:n]); err != nil {
 			c.Close()
 			return nil, none, err
 		}
 		resume = snapKey{index: binary.LittleEndian.Uint64(rb[0:]), epoch: binary.LittleEndian.Uint64(rb[8:]),
 			have: binary.LittleEndian.Uint64(rb[16:])}
+		if n == 32 {
+			resume.group = binary.LittleEndian.Uint64(rb[24:])
+		}
 	}
 	c.SetDeadline(time.Time{})
 	return c, resume, nil
@@ -438,7 +543,7 @@ func (t *TCP) readLoop(c net.Conn) {
 	from := consensus.NodeID(binary.LittleEndian.Uint64(hs[14:]))
 	code := byte(ackOK)
 	switch {
-	case string(hs[:4]) != magic || hs[4] != wireVersion:
+	case string(hs[:4]) != magic || hs[4] != t.version:
 		code = ackWrongVersion
 	case binary.LittleEndian.Uint64(hs[6:]) != t.cfg.ClusterID:
 		code = ackOtherCluster
@@ -456,7 +561,7 @@ func (t *TCP) readLoop(c net.Conn) {
 	if code != ackOK {
 		t.refused.Add(1)
 		t.cfg.Logger.Warn("peer connection refused", "peer", from, "remote", c.RemoteAddr().String(),
-			"cluster", binary.LittleEndian.Uint64(hs[6:]), "code", code)
+			"cluster", binary.LittleEndian.Uint64(hs[6:]), "version", hs[4], "code", code, "reason", ackReason(code))
 		return
 	}
 	stream := hs[5]
@@ -487,15 +592,16 @@ func (t *TCP) readLoop(c net.Conn) {
 			t.mu.Unlock()
 		}()
 		// Tell the sender what we already hold, so it resumes there.
-		var rb [24]byte
+		var rb [32]byte
 		t.mu.Lock()
 		if ps := t.partial[from]; ps != nil {
 			binary.LittleEndian.PutUint64(rb[0:], ps.key.index)
 			binary.LittleEndian.PutUint64(rb[8:], ps.key.epoch)
 			binary.LittleEndian.PutUint64(rb[16:], uint64(len(ps.data)))
+			binary.LittleEndian.PutUint64(rb[24:], ps.key.group) // version 3 only
 		}
 		t.mu.Unlock()
-		if _, err := c.Write(rb[:]); err != nil {
+		if _, err := c.Write(rb[:resumeSize(t.version)]); err != nil {
 			return
 		}
 	}
@@ -527,11 +633,11 @@ func (t *TCP) readLoop(c net.Conn) {
 			}
 			if done {
 				t.received.Add(1)
-				t.cfg.Handler.Receive(m)
+				t.receive(m.group, m.Message)
 			}
 			continue
 		}
-		msgs, err := decodeFrame(frame)
+		msgs, err := decodeFrame(frame, t.mux != nil)
 		if err != nil {
 			t.cfg.Logger.Warn("bad frame", "peer", from, "err", err)
 			return
@@ -542,19 +648,30 @@ func (t *TCP) readLoop(c net.Conn) {
 				continue
 			}
 			t.received.Add(1)
-			t.cfg.Handler.Receive(m)
+			t.receive(m.group, m.Message)
 		}
 	}
 }
 
-func decodeFrame(frame []byte) ([]consensus.Message, error) {
+// decodeFrame decodes a frame's payload; tagged (wire version 3) reads each
+// message's group before it.
+func decodeFrame(frame []byte, tagged bool) ([]envelope, error) {
 	count, k := binary.Uvarint(frame)
 	if k <= 0 || count > uint64(len(frame)) {
 		return nil, fmt.Errorf("%w: bad message count", consensus.ErrCorrupt)
 	}
 	off := k
-	msgs := make([]consensus.Message, 0, count)
+	msgs := make([]envelope, 0, count)
 	for range count {
+		var group uint64
+		if tagged {
+			g, k := binary.Uvarint(frame[off:])
+			if k <= 0 {
+				return nil, fmt.Errorf("%w: bad group at offset %d", consensus.ErrCorrupt, off)
+			}
+			group = g
+			off += k
+		}
 		n, k := binary.Uvarint(frame[off:])
 		if k <= 0 || n > uint64(len(frame)-off-k) {
 			return nil, fmt.Errorf("%w: bad message length at offset %d", consensus.ErrCorrupt, off)
@@ -565,7 +682,7 @@ func decodeFrame(frame []byte) ([]consensus.Message, error) {
 			return nil, err
 		}
 		off += int(n)
-		msgs = append(msgs, m)
+		msgs = append(msgs, envelope{group: group, Message: m})
 	}
 	return msgs, nil
 }
@@ -600,10 +717,24 @@ func (t *TCP) Close() error {
 // and a sender sending that same snapshot starts from there. So a large
 // snapshot is never held in one frame, and a connection broken half way
 // through does not send it again from the start.
+//
+// Wire version 3 (a Mux) puts the snapshot's group first in each frame,
+// before the header length, and the handshake answer ends with the group
+// of the snapshot held (32 bytes instead of 24). The group is part of the
+// snapshot's key on both ends, so a resume never splices one group's
+// snapshot into another's even where index and epoch are equal.
+
+// resumeSize is the length of the snapshot stream's handshake answer.
+func resumeSize(version byte) int {
+	if version == wireVersionMux {
+		return 32
+	}
+	return 24
+}
 
 // snapKey names a snapshot and how much of it the receiver holds.
 type snapKey struct {
-	index, epoch, have uint64
+	group, index, epoch, have uint64
 }
 
 // snapReader is a peer's inbound snapshot connection.
@@ -622,7 +753,8 @@ type partialSnap struct {
 // sendSnapshot writes m's snapshot in chunks, starting where the receiver
 // said it holds this snapshot up to. It returns what the receiver holds
 // afterwards.
-func (t *TCP) sendSnapshot(conn net.Conn, bw *bufio.Writer, m consensus.Message, resume snapKey) (snapKey, error) {
+func (t *TCP) sendSnapshot(conn net.Conn, bw *bufio.Writer, e envelope, resume snapKey) (snapKey, error) {
+	m := e.Message
 	if m.Snapshot == nil {
 		return resume, errors.New("transport: MsgSnap without a snapshot")
 	}
@@ -632,12 +764,12 @@ func (t *TCP) sendSnapshot(conn net.Conn, bw *bufio.Writer, m consensus.Message,
 	snap.Data = nil
 	hdr.Snapshot = &snap
 	header := consensus.AppendMessage(nil, &hdr)
-	key := snapKey{index: snap.Meta.Index, epoch: snap.Meta.Epoch}
+	key := snapKey{group: e.group, index: snap.Meta.Index, epoch: snap.Meta.Epoch}
 	off := uint64(0)
-	if resume.index == key.index && resume.epoch == key.epoch && resume.have <= uint64(len(data)) {
+	if resume.group == key.group && resume.index == key.index && resume.epoch == key.epoch && resume.have <= uint64(len(data)) {
 		off = resume.have
 		if off > 0 {
-			t.cfg.Logger.Info("resuming snapshot", "peer", m.To, "index", key.index, "offset", off, "bytes", len(data))
+			t.cfg.Logger.Info("resuming snapshot", "peer", m.To, "group", e.group, "index", key.index, "offset", off, "bytes", len(data))
 		}
 	}
 	chunk := uint64(t.cfg.SnapshotChunkBytes)
@@ -645,6 +777,9 @@ func (t *TCP) sendSnapshot(conn net.Conn, bw *bufio.Writer, m consensus.Message,
 	for {
 		end := min(off+chunk, uint64(len(data)))
 		buf = append(buf[:0], 0, 0, 0, 0)
+		if t.mux != nil {
+			buf = binary.AppendUvarint(buf, e.group)
+		}
 		buf = binary.AppendUvarint(buf, uint64(len(header)))
 		buf = append(buf, header...)
 		buf = binary.AppendUvarint(buf, uint64(len(data)))
@@ -668,7 +803,22 @@ func (t *TCP) sendSnapshot(conn net.Conn, bw *bufio.Writer, m consensus.Message,
 
 // receiveChunk adds one chunk from peer from; done is true, with the whole
 // message, once the snapshot is complete.
-func (t *TCP) receiveChunk(from consensus.NodeID, frame []byte) (consensus.Message, bool, error) {
+func (t *TCP) receiveChunk(from consensus.NodeID, frame []byte) (envelope, bool, error) {
+	var e envelope
+	if t.mux != nil {
+		g, k := binary.Uvarint(frame)
+		if k <= 0 {
+			return e, false, fmt.Errorf("%w: bad snapshot chunk group", consensus.ErrCorrupt)
+		}
+		e.group, frame = g, frame[k:]
+	}
+	m, done, err := t.addChunk(from, e.group, frame)
+	e.Message = m
+	return e, done, err
+}
+
+// addChunk is receiveChunk after the group.
+func (t *TCP) addChunk(from consensus.NodeID, group uint64, frame []byte) (consensus.Message, bool, error) {
 	var m consensus.Message
 	hl, k := binary.Uvarint(frame)
 	if k <= 0 || hl > uint64(len(frame)-k) {
@@ -694,7 +844,7 @@ func (t *TCP) receiveChunk(from consensus.NodeID, frame []byte) (consensus.Messa
 	if off+uint64(len(chunk)) > total {
 		return m, false, fmt.Errorf("%w: snapshot chunk past its end (%d+%d > %d)", consensus.ErrCorrupt, off, len(chunk), total)
 	}
-	key := snapKey{index: m.Snapshot.Meta.Index, epoch: m.Snapshot.Meta.Epoch}
+	key := snapKey{group: group, index: m.Snapshot.Meta.Index, epoch: m.Snapshot.Meta.Epoch}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	ps := t.partial[from]
