@@ -254,9 +254,9 @@ func (c *clusterServer) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (
 
 func (c *clusterServer) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
 	s := c.s
-	target := s.member(r.ID)
-	if target == nil {
-		return nil, rpctypes.ErrGRPCMemberNotFound
+	target, err := s.memberSeen(ctx, r.ID)
+	if err != nil {
+		return nil, err
 	}
 	if !target.IsLearner {
 		voters := 0
@@ -269,7 +269,7 @@ func (c *clusterServer) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequ
 			return nil, rpctypes.ErrGRPCMemberNotEnoughStarted
 		}
 	}
-	err := s.onLeader(ctx, func(ctx context.Context, n *node.Node) error {
+	err = s.onLeader(ctx, func(ctx context.Context, n *node.Node) error {
 		if uint64(n.ID()) == r.ID {
 			// Removing the leader: hand leadership away first, then
 			// let the new leader remove this member.
@@ -300,14 +300,14 @@ func (c *clusterServer) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequ
 
 func (c *clusterServer) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
 	s := c.s
-	m := s.member(r.ID)
-	if m == nil {
-		return nil, rpctypes.ErrGRPCMemberNotFound
+	m, err := s.memberSeen(ctx, r.ID)
+	if err != nil {
+		return nil, err
 	}
 	if !m.IsLearner {
 		return nil, rpctypes.ErrGRPCMemberNotLearner
 	}
-	err := s.onLeader(ctx, func(ctx context.Context, n *node.Node) error {
+	err = s.onLeader(ctx, func(ctx context.Context, n *node.Node) error {
 		return n.PromoteMember(ctx, consensus.NodeID(r.ID))
 	}, func(ctx context.Context, cl pb.ClusterClient) error {
 		_, err := cl.MemberPromote(ctx, r)
@@ -319,13 +319,29 @@ func (c *clusterServer) MemberPromote(ctx context.Context, r *pb.MemberPromoteRe
 	return &pb.MemberPromoteResponse{Header: s.header(0), Members: s.members()}, nil
 }
 
+// memberSeen returns member id, or ErrGRPCMemberNotFound once a read
+// barrier shows this member has applied everything committed before the
+// request: a member that has not yet applied an addition must not answer
+// "not found" for a member the client was just told exists.
+func (s *Server) memberSeen(ctx context.Context, id uint64) (*pb.Member, error) {
+	if m := s.member(id); m != nil {
+		return m, nil
+	}
+	if err := s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
+	if m := s.member(id); m != nil {
+		return m, nil
+	}
+	return nil, rpctypes.ErrGRPCMemberNotFound
+}
+
 // MemberUpdate changes where a member listens for peers: the new address
 // travels through the log like an added member's.
 func (c *clusterServer) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
 	s := c.s
-	m := s.member(r.ID)
-	if m == nil {
-		return nil, rpctypes.ErrGRPCMemberNotFound
+	if _, err := s.memberSeen(ctx, r.ID); err != nil {
+		return nil, err
 	}
 	addr, err := onePeerAddr(r.PeerURLs)
 	if err != nil {
