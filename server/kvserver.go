@@ -45,6 +45,10 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 			return nil, err
 		}
 	}
+	// After the barrier: a split applied before it must refuse the read.
+	if err := k.s.shardGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
+		return nil, err
+	}
 	resp, err := k.s.store.Range(r)
 	if err != nil {
 		return nil, err
@@ -109,6 +113,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 			if err := k.s.readBarrier(ctx); err != nil {
 				return nil, err
 			}
+		}
+		if err := k.s.shardGuard(&pb.InternalRaftRequest{Txn: r}); err != nil {
+			return nil, err
 		}
 		resp, err = k.s.store.Txn(r)
 	} else {

@@ -334,10 +334,6 @@ func RestoreDataDir(ctx context.Context, cfg RestoreConfig) (*BackupInfo, error)
 			st.SetMeta(k, nil)
 		}
 	}
-	var kvSnap bytes.Buffer
-	if err := st.Snapshot(&kvSnap); err != nil {
-		return nil, fmt.Errorf("server: restore: %w", err)
-	}
 	book := map[consensus.NodeID]string{}
 	for _, addr := range cfg.InitialCluster {
 		id := consensus.NodeID(MemberIDFor(cfg.ClusterToken, addr))
@@ -346,36 +342,48 @@ func RestoreDataDir(ctx context.Context, cfg RestoreConfig) (*BackupInfo, error)
 		}
 		book[id] = addr
 	}
-	voters := slices.Sorted(maps.Keys(book))
+	if err := seedDataDir(ctx, st, cfg.DataDir, ClusterIDFor(cfg.ClusterToken), MemberIDFor(cfg.ClusterToken, self),
+		book, max(info.AppliedIndex, 1)); err != nil {
+		return nil, fmt.Errorf("server: restore: %w", err)
+	}
+	return info, nil
+}
+
+// seedDataDir writes a member's data directory holding st as a snapshot
+// at index, with every member of book a voter (see RestoreDataDir).
+func seedDataDir(ctx context.Context, st *kv.Store, dir string, clusterID, memberID uint64,
+	book map[consensus.NodeID]string, index uint64) error {
+	if names, err := os.ReadDir(dir); err == nil && len(names) > 0 {
+		return fmt.Errorf("data dir %s exists and is not empty", dir)
+	}
+	var kvSnap bytes.Buffer
+	if err := st.Snapshot(&kvSnap); err != nil {
+		return err
+	}
 	data := nodeSnapshotHeader(book)
 	data = append(data, kvSnap.Bytes()...)
-	index := max(info.AppliedIndex, 1)
-	meta := consensus.SnapshotMeta{Index: index, Epoch: 1, ConfState: consensus.ConfState{Voters: voters}}
-
+	meta := consensus.SnapshotMeta{Index: index, Epoch: 1, ConfState: consensus.ConfState{Voters: sortedIDs(book)}}
 	fsys := vfs.Default
-	if err := fsys.MkdirAll(cfg.DataDir); err != nil {
-		return nil, fmt.Errorf("server: restore: %w", err)
+	if err := fsys.MkdirAll(dir); err != nil {
+		return err
 	}
-	snaps, err := snap.Open(fsys, filepath.Join(cfg.DataDir, "snap"))
+	snaps, err := snap.Open(fsys, filepath.Join(dir, "snap"))
 	if err != nil {
-		return nil, fmt.Errorf("server: restore: %w", err)
+		return err
 	}
 	if err := snaps.Save(meta, data); err != nil {
-		return nil, fmt.Errorf("server: restore: %w", err)
+		return err
 	}
-	w, _, err := wal.Open(fsys, filepath.Join(cfg.DataDir, "wal"), wal.Options{SegmentBytes: restoreSegmentBytes,
-		Meta: wal.Metadata{ClusterID: ClusterIDFor(cfg.ClusterToken), NodeID: MemberIDFor(cfg.ClusterToken, self)}})
+	w, _, err := wal.Open(fsys, filepath.Join(dir, "wal"), wal.Options{SegmentBytes: restoreSegmentBytes,
+		Meta: wal.Metadata{ClusterID: clusterID, NodeID: memberID}})
 	if err != nil {
-		return nil, fmt.Errorf("server: restore: %w", err)
+		return err
 	}
 	err = w.Save(ctx, wal.Batch{Snapshot: &meta, HardState: consensus.HardState{Epoch: 1, Commit: index}})
 	if cerr := w.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return nil, fmt.Errorf("server: restore: %w", err)
-	}
-	return info, nil
+	return err
 }
 
 // restoreSegmentBytes is the size of the restored WAL's one segment, which

@@ -257,6 +257,9 @@ func (s *Server) alarmRefusal(r *pb.InternalRaftRequest) error {
 // read barrier: a client that saw a disarm succeed is never refused for
 // the alarm it disarmed. The barrier costs only while an alarm is active.
 func (s *Server) refuseWrite(ctx context.Context, r *pb.InternalRaftRequest) error {
+	if err := s.shardGuard(r); err != nil {
+		return err
+	}
 	if s.alarmRefusal(r) != nil {
 		if err := s.readBarrier(ctx); err != nil {
 			return err
@@ -276,5 +279,8 @@ func (s *Server) refuseWrite(ctx context.Context, r *pb.InternalRaftRequest) err
 // member alike.
 func (s *Server) applyGuard(r *pb.InternalRaftRequest) error {
 	s.unsafeCorrupt(r)
+	if err := s.shardGuard(r); err != nil {
+		return err
+	}
 	return s.alarmRefusal(r)
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -19,6 +20,7 @@ import (
 	"github.com/ballotdb/ballot/consensus"
 	"github.com/ballotdb/ballot/kv"
 	"github.com/ballotdb/ballot/node"
+	"github.com/ballotdb/ballot/transport"
 	"github.com/ballotdb/ballot/vfs"
 )
 
@@ -84,6 +86,13 @@ type Config struct {
 	// consensus traffic. The server owns and closes both.
 	ClientListener net.Listener
 	PeerListener   net.Listener
+	// NewTransport, when set, replaces PeerListener: the node sends and
+	// receives through the transport it returns (a host of many shards
+	// passes its transport.Mux's per-group view; see shard/).
+	NewTransport func(h transport.Handler) (transport.Transport, error)
+	// Shard, when set, makes this server one shard of a sharded keyspace
+	// (see shard.go and docs/sharding.md). Nil: the whole keyspace.
+	Shard *ShardConfig
 	// TLS, if set, serves the client port over TLS only (gRPC and the
 	// JSON gateway alike); the peer port is unchanged.
 	TLS *TLSConfig
@@ -138,6 +147,10 @@ type UnsafeKnobs struct {
 	// CorruptPuts makes this member apply every Put with its value
 	// changed, so that its state diverges (the consistency check's test).
 	CorruptPuts bool
+	// NoShardGuard makes a shard serve keys it no longer keeps (after a
+	// split), so that writes land on both sides (the split test's proof
+	// that its check bites).
+	NoShardGuard bool
 }
 
 // MemberIDFor derives a member's ID from the cluster token and its peer
@@ -180,7 +193,9 @@ type Server struct {
 	less  *lessor
 
 	mconns memberConns // to other members: forwarding, consistency checks
-	maint  maintState  // data size, quota and consistency check: see quota.go, corrupt.go
+
+	shardRange atomic.Pointer[[2][]byte] // the shard's [start, end): see split.go
+	maint      maintState                // data size, quota and consistency check: see quota.go, corrupt.go
 
 	stopOnce sync.Once
 	stopc    chan struct{}
@@ -213,15 +228,17 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.ClientListener == nil || cfg.PeerListener == nil {
-		return nil, errors.New("server: Config.ClientListener and Config.PeerListener are required")
+	if cfg.ClientListener == nil || (cfg.PeerListener == nil) == (cfg.NewTransport == nil) {
+		return nil, errors.New("server: Config.ClientListener and exactly one of Config.PeerListener and Config.NewTransport are required")
 	}
 	var certs *certStore
 	if cfg.TLS != nil {
 		var err error
 		if certs, err = newCertStore(*cfg.TLS, cfg.Logger.With("member", cfg.Name)); err != nil {
 			cfg.ClientListener.Close()
-			cfg.PeerListener.Close()
+			if cfg.PeerListener != nil {
+				cfg.PeerListener.Close()
+			}
 			return nil, err
 		}
 	}
@@ -237,6 +254,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	sm := &stateMachine{s: s}
 	s.store.SetObserver(s.hub.observe)
 	s.store.SetApplyHook(s.applyHook)
+	s.loadRange()
 
 	peers := map[consensus.NodeID]string{}
 	for name, addr := range cfg.InitialCluster {
@@ -249,7 +267,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	n, err := node.Start(ctx, node.Config{
 		ID: consensus.NodeID(cfg.MemberID), ClusterID: cfg.ClusterID,
 		Peers: peers, Join: cfg.Join, ForceNewCluster: cfg.ForceNewCluster, EngineKind: cfg.Engine, DataDir: cfg.DataDir, FS: cfg.FS,
-		Listen: cfg.PeerListener, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
+		Listen: cfg.PeerListener, NewTransport: cfg.NewTransport, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		SnapshotEntries: cfg.SnapshotEntries, Seed: cfg.Seed,
 		Logger: cfg.Logger.With("member", cfg.Name), Clock: cfg.Clock, Observer: cfg.Observe.Node,
 	}, sm)
@@ -293,8 +311,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			}
 		}
 	}()
+	peer := "shared"
+	if cfg.PeerListener != nil {
+		peer = cfg.PeerListener.Addr().String()
+	}
 	s.log.Info("serving", "member_id", fmt.Sprintf("%x", s.id), "cluster_id", fmt.Sprintf("%x", s.clus),
-		"client", s.ClientURL(), "peer", cfg.PeerListener.Addr().String())
+		"client", s.ClientURL(), "peer", peer)
 	return s, nil
 }
 

@@ -12,7 +12,12 @@ import (
 // own (member attributes, alarms) and notice relayed lease renewals.
 type stateMachine struct{ s *Server }
 
-func (m *stateMachine) Apply(index uint64, cmd []byte) []byte { return m.s.store.Apply(index, cmd) }
+func (m *stateMachine) Apply(index uint64, cmd []byte) []byte {
+	if len(cmd) > 0 && cmd[0] == internalMarker {
+		return m.s.applyInternal(index, cmd)
+	}
+	return m.s.store.Apply(index, cmd)
+}
 
 func (m *stateMachine) Snapshot(w io.Writer) error { return m.s.store.Snapshot(w) }
 
@@ -20,6 +25,7 @@ func (m *stateMachine) Restore(r io.Reader) error {
 	if err := m.s.store.Restore(r); err != nil {
 		return err
 	}
+	m.s.loadRange()
 	m.s.hub.restored()
 	return nil
 }

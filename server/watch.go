@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -58,7 +59,30 @@ type hub struct {
 	// ProgressInterval is how often watchers that asked for progress
 	// notifications get one.
 	progressInterval time.Duration
+	// cuts are the ranges a shard split moved away (see split.go), newest
+	// last: a watcher of such a range is cancelled with ShardSplitReason
+	// once it has every event up to the split.
+	cuts []rangeCut
 }
+
+// rangeCut is a key range moved away at revision rev.
+type rangeCut struct {
+	start, end []byte
+	rev        int64
+}
+
+// maxCuts bounds the cuts a hub remembers.
+const maxCuts = 64
+
+// ShardSplitReason is the cancel reason of a watch whose range a shard
+// split moved to another shard; the sharded router re-creates such a
+// watch on the new shard from the revision it had reached, so a client of
+// the router never sees it.
+const ShardSplitReason = "ballot: shard split"
+
+// WrongShardReason is the cancel reason of a watch created on a shard that
+// does not keep its range.
+const WrongShardReason = "ballot: wrong shard"
 
 type watcher struct {
 	id             int64
@@ -136,11 +160,13 @@ func (h *hub) run() {
 			h.mu.Lock()
 			h.handleGap()
 			h.catchUp()
+			h.applyCuts()
 			h.mu.Unlock()
 		case <-catchUp.C:
 			h.mu.Lock()
 			h.handleGap()
 			h.catchUp()
+			h.applyCuts()
 			h.mu.Unlock()
 		case <-progress.C:
 			h.mu.Lock()
@@ -234,6 +260,54 @@ func (h *hub) catchUp() {
 	}
 }
 
+// cut records that [start, end) moved away at revision rev (a split).
+func (h *hub) cut(start, end []byte, rev int64) {
+	h.mu.Lock()
+	h.cuts = append(h.cuts, rangeCut{start: start, end: end, rev: rev})
+	if len(h.cuts) > maxCuts {
+		h.cuts = h.cuts[len(h.cuts)-maxCuts:]
+	}
+	h.mu.Unlock()
+	h.nudge()
+}
+
+// applyCuts cancels every watcher of a moved range that has received all
+// events up to the move (one still catching up is cancelled once it has).
+// REQUIRES: h.mu held.
+func (h *hub) applyCuts() {
+	if len(h.cuts) == 0 {
+		return
+	}
+	for w := range h.all {
+		for _, c := range h.cuts {
+			if w.next <= c.rev || !overlaps(w.key, w.end, c.start, c.end) {
+				continue
+			}
+			if h.push(w, &pb.WatchResponse{Header: h.s.header(c.rev), WatchId: w.id, Canceled: true, CancelReason: ShardSplitReason}) {
+				h.remove(w)
+			}
+			break
+		}
+	}
+}
+
+// overlaps reports whether the watch range [key, end) (etcd's conventions)
+// and the key range [start, stop) (empty stop: to the end) share a key.
+func overlaps(key, end, start, stop []byte) bool {
+	var hi []byte // the watch's exclusive upper bound; nil: unbounded
+	switch {
+	case len(end) == 0:
+		hi = append(append([]byte(nil), key...), 0)
+	case len(end) == 1 && end[0] == 0:
+	default:
+		hi = end
+	}
+	if hi != nil && bytes.Compare(hi, start) <= 0 {
+		return false
+	}
+	return len(stop) == 0 || bytes.Compare(key, stop) < 0
+}
+
 // push hands a response to w's stream without blocking.
 // REQUIRES: h.mu held.
 func (h *hub) push(w *watcher, r *pb.WatchResponse) bool {
@@ -292,6 +366,15 @@ func (w *watcher) filter(evs []*mvccpb.Event) []*mvccpb.Event {
 // add registers a watcher and answers its creation. It runs on the
 // stream's receiving goroutine and may wait for room in the stream buffer.
 func (h *hub) add(st *watchStream, r *pb.WatchCreateRequest) {
+	if !h.s.owns(r.Key, r.RangeEnd) {
+		id := r.WatchId // the router always names its watches
+		if id == 0 {
+			id = -1
+		}
+		st.send(&pb.WatchResponse{Header: h.s.header(0), WatchId: id, Created: true, Canceled: true,
+			CancelReason: WrongShardReason})
+		return
+	}
 	h.mu.Lock()
 	id := r.WatchId
 	if id == 0 {

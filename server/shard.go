@@ -1,0 +1,112 @@
+package server
+
+import (
+	"bytes"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ShardConfig makes a server one shard of a sharded keyspace (shard/ hosts
+// many of them; docs/sharding.md says what that means for clients). The
+// shard keeps only the keys in [Start, End) and refuses a request that
+// touches any other key with ErrGRPCWrongShard, both before proposing it
+// and again when applying it, so a request routed by a map that a split
+// has since made stale is never applied to the wrong shard.
+type ShardConfig struct {
+	// ID names the shard (1, 2, …).
+	ID uint64
+	// Start and End bound the shard's keys when it starts from nothing;
+	// an empty End means "to the end of the keyspace". Once the shard has
+	// split, its replicated range (see split.go) wins.
+	Start, End []byte
+	// OnSplit is told, on the apply goroutine, when this shard applied a
+	// split: the host starts its member of the new shard from the state
+	// given. It must not block.
+	OnSplit func(SplitState)
+}
+
+// ErrGRPCWrongShard refuses a request for keys this shard does not keep.
+// The router (shard/) re-reads the shard map and retries on it; a client
+// talking to a shard directly sees it as FailedPrecondition.
+var ErrGRPCWrongShard = status.Error(codes.FailedPrecondition, "ballot: wrong shard")
+
+// IsWrongShard reports whether err is ErrGRPCWrongShard (also across a
+// gRPC hop, where the error arrives as a status).
+func IsWrongShard(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.FailedPrecondition && st.Message() == "ballot: wrong shard"
+}
+
+// owns reports whether this server keeps every key of [key, end) (etcd's
+// conventions for end: empty is the single key, "\x00" every key from key).
+func (s *Server) owns(key, end []byte) bool {
+	if s.cfg.Shard == nil {
+		return true
+	}
+	start, shardEnd := s.Range()
+	if bytes.Compare(key, start) < 0 {
+		return false
+	}
+	switch {
+	case len(end) == 0:
+		return len(shardEnd) == 0 || bytes.Compare(key, shardEnd) < 0
+	case len(end) == 1 && end[0] == 0:
+		return len(shardEnd) == 0
+	}
+	return len(shardEnd) == 0 || bytes.Compare(end, shardEnd) <= 0
+}
+
+// shardGuard refuses a request that touches a key outside this shard.
+func (s *Server) shardGuard(r *pb.InternalRaftRequest) error {
+	if s.cfg.Shard == nil || s.cfg.Unsafe.NoShardGuard {
+		return nil
+	}
+	ok := true
+	switch {
+	case r.Range != nil:
+		ok = s.owns(r.Range.Key, r.Range.RangeEnd)
+	case r.Put != nil:
+		ok = s.owns(r.Put.Key, nil)
+	case r.DeleteRange != nil:
+		ok = s.owns(r.DeleteRange.Key, r.DeleteRange.RangeEnd)
+	case r.Txn != nil:
+		ok = s.ownsTxn(r.Txn)
+	}
+	if !ok {
+		return ErrGRPCWrongShard
+	}
+	return nil
+}
+
+func (s *Server) ownsTxn(t *pb.TxnRequest) bool {
+	for _, c := range t.Compare {
+		if !s.owns(c.Key, c.RangeEnd) {
+			return false
+		}
+	}
+	for _, ops := range [][]*pb.RequestOp{t.Success, t.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				if !s.owns(v.RequestRange.Key, v.RequestRange.RangeEnd) {
+					return false
+				}
+			case *pb.RequestOp_RequestPut:
+				if !s.owns(v.RequestPut.Key, nil) {
+					return false
+				}
+			case *pb.RequestOp_RequestDeleteRange:
+				if !s.owns(v.RequestDeleteRange.Key, v.RequestDeleteRange.RangeEnd) {
+					return false
+				}
+			case *pb.RequestOp_RequestTxn:
+				if !s.ownsTxn(v.RequestTxn) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,206 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/kv"
+)
+
+// A shard splits through its own log (see shard/ and docs/sharding.md):
+// the split is one entry, and every member, applying it at the same
+// index, moves the keys from the split key on out of its store
+// (kv.Store.SplitOff) into the initial state of the new shard, narrows its
+// own range, and hands that state to its host (ShardConfig.OnSplit), which
+// starts its member of the new group from it. Every member of the new
+// group thus starts from the same state at the same index, exactly as
+// members restored from one backup do.
+//
+// The entry is not an etcd request: it starts with internalMarker, a byte
+// no encoded InternalRaftRequest starts with (a protobuf field tag's low
+// three bits are its wire type, and the request has no field of wire type
+// 5), so the state machine tells the two apart by the first byte.
+const internalMarker = 0x05
+
+const (
+	internalSplit = 'S'
+
+	metaShardRange    = "ballot/shard/range"     // the shard's current [start, end)
+	metaShardChildren = "ballot/shard/children/" // + child ID: a SplitRecord
+)
+
+// ErrGRPCSplitRefused refuses a split at a key outside the shard's range.
+var ErrGRPCSplitRefused = status.Error(codes.FailedPrecondition, "ballot: split key not strictly inside the shard's range")
+
+// SplitRequest asks a shard to split at Key: the keys from Key to the
+// shard's end go to a new shard Child, kept by Members (host name → peer
+// address).
+type SplitRequest struct {
+	Child   uint64            `json:"child"`
+	Key     []byte            `json:"key"`
+	Members map[string]string `json:"members"`
+}
+
+// SplitRecord is a split as the parent applied it; it stays in the
+// parent's replicated metadata, so the host can finish the split (tell the
+// meta group, start the child) whatever crashed in between.
+type SplitRecord struct {
+	Child   uint64            `json:"child"`
+	Start   []byte            `json:"start"`
+	End     []byte            `json:"end"`
+	Index   uint64            `json:"index"`
+	Members map[string]string `json:"members"`
+}
+
+// SplitState is what OnSplit gets: the record and the new shard's
+// initial state.
+type SplitState struct {
+	SplitRecord
+	Store *kv.Store
+}
+
+// Range returns the shard's current key range (nil, nil when the server
+// keeps the whole keyspace).
+func (s *Server) Range() (start, end []byte) {
+	r := s.shardRange.Load()
+	if r == nil {
+		return nil, nil
+	}
+	return r[0], r[1]
+}
+
+// loadRange reads the range from the store's metadata, or the config's
+// if the store has none (a shard that never split).
+func (s *Server) loadRange() {
+	if s.cfg.Shard == nil {
+		return
+	}
+	r := [2][]byte{s.cfg.Shard.Start, s.cfg.Shard.End}
+	if b := s.store.Meta(metaShardRange); b != nil {
+		r = decodeRange(b)
+	}
+	s.shardRange.Store(&r)
+}
+
+func encodeRange(start, end []byte) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(start)))
+	b = append(b, start...)
+	return append(b, end...)
+}
+
+func decodeRange(b []byte) [2][]byte {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || int(n) > len(b)-k {
+		panic(fmt.Sprintf("server: corrupt shard range in metadata: %x", b))
+	}
+	return [2][]byte{slices.Clone(b[k : k+int(n)]), slices.Clone(b[k+int(n):])}
+}
+
+// Split splits this shard at req.Key through the log (see above) and
+// returns once it is applied here.
+func (s *Server) Split(ctx context.Context, req SplitRequest) error {
+	if s.cfg.Shard == nil {
+		return status.Error(codes.FailedPrecondition, "ballot: not a shard")
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	cmd := append([]byte{internalMarker, internalSplit}, body...)
+	ctx, cancel := s.requestContext(ctx)
+	defer cancel()
+	out, err := s.proposeRetry(ctx, cmd)
+	if err != nil {
+		return s.toGRPC(ctx, err)
+	}
+	res, err := kv.DecodeResult(out)
+	if err != nil {
+		return err
+	}
+	return res.Err
+}
+
+// applyInternal applies an entry that starts with internalMarker.
+func (s *Server) applyInternal(index uint64, cmd []byte) []byte {
+	s.store.SetApplied(index)
+	if len(cmd) < 2 || cmd[1] != internalSplit {
+		return kv.EncodeResult(nil, status.Errorf(codes.InvalidArgument, "server: unknown internal entry %x", cmd[:min(len(cmd), 2)]))
+	}
+	var req SplitRequest
+	if err := json.Unmarshal(cmd[2:], &req); err != nil {
+		return kv.EncodeResult(nil, status.Errorf(codes.InvalidArgument, "server: bad split entry: %v", err))
+	}
+	return kv.EncodeResult(nil, s.applySplit(index, req))
+}
+
+func (s *Server) applySplit(index uint64, req SplitRequest) error {
+	if s.cfg.Shard == nil {
+		return status.Error(codes.FailedPrecondition, "ballot: not a shard")
+	}
+	key := fmt.Sprint(req.Child)
+	if s.store.Meta(metaShardChildren+key) != nil {
+		return nil // the same split, proposed again: done already
+	}
+	start, end := s.Range()
+	if bytes.Compare(req.Key, start) <= 0 || (len(end) > 0 && bytes.Compare(req.Key, end) >= 0) || req.Child == 0 {
+		return ErrGRPCSplitRefused
+	}
+	child := s.store.SplitOff(req.Key, end)
+	child.SetMeta(metaShardRange, encodeRange(req.Key, end))
+	rec := SplitRecord{Child: req.Child, Start: req.Key, End: end, Index: index, Members: req.Members}
+	b, _ := json.Marshal(rec)
+	s.store.SetMeta(metaShardChildren+key, b)
+	s.store.SetMeta(metaShardRange, encodeRange(start, req.Key))
+	s.loadRange()
+	s.hub.cut(req.Key, end, s.store.Rev())
+	s.log.Info("shard split", "shard", s.cfg.Shard.ID, "child", req.Child, "at", fmt.Sprintf("%q", req.Key), "index", index)
+	if s.cfg.Shard.OnSplit != nil {
+		s.cfg.Shard.OnSplit(SplitState{SplitRecord: rec, Store: child})
+	}
+	return nil
+}
+
+// SplitRecords returns the splits this shard has applied.
+func (s *Server) SplitRecords() []SplitRecord {
+	var out []SplitRecord
+	for _, k := range s.store.MetaKeys(metaShardChildren) {
+		var r SplitRecord
+		if err := json.Unmarshal(s.store.Meta(k), &r); err == nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// SeedConfig says how to build the data directory of one member of a new
+// group whose state starts as Store at Index (a split's child, a restored
+// backup).
+type SeedConfig struct {
+	Store     *kv.Store
+	DataDir   string
+	ClusterID uint64
+	MemberID  uint64
+	// Peers are the group's voters and their peer addresses.
+	Peers map[consensus.NodeID]string
+	Index uint64
+}
+
+// SeedDataDir writes what the node would have written itself for a group
+// that starts from a snapshot: the snapshot file and a WAL recording it
+// (see RestoreDataDir). The directory must be empty or absent.
+func SeedDataDir(ctx context.Context, cfg SeedConfig) error {
+	return seedDataDir(ctx, cfg.Store, cfg.DataDir, cfg.ClusterID, cfg.MemberID, cfg.Peers, max(cfg.Index, 1))
+}
+
+func sortedIDs(book map[consensus.NodeID]string) []consensus.NodeID {
+	return slices.Sorted(maps.Keys(book))
+}
