@@ -35,6 +35,7 @@ type devFlags struct {
 	dashboardPort int
 	tick          time.Duration
 	engine        string
+	shards        int
 }
 
 func devCommand() *cobra.Command {
@@ -59,6 +60,7 @@ cleanly. A port of 0 is chosen by the operating system.`,
 	fl.IntVar(&f.dashboardPort, "dashboard-port", 2390, "port of the cluster dashboard, with dev's controls (always on 127.0.0.1)")
 	fl.DurationVar(&f.tick, "tick", 100*time.Millisecond, "engine tick")
 	fl.StringVar(&f.engine, "engine", "raft", "consensus engine: raft or paxos")
+	fl.IntVar(&f.shards, "shards", 0, "sharded mode: this many shards, each its own consensus group (0: one group; see docs/sharding.md)")
 	return cmd
 }
 
@@ -70,6 +72,7 @@ type devCluster struct {
 	dir     string
 	tick    time.Duration
 	engine  string
+	shards  int
 	names   []string
 	client  []string // client addresses
 	peer    []string // public peer addresses: the proxies
@@ -113,7 +116,7 @@ func runDev(ctx context.Context, f devFlags) error {
 	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	c := &devCluster{ctx: ctx, self: self, dir: dir, tick: f.tick, engine: f.engine, names: []string{"n1", "n2", "n3"}, net: newDevNet(),
+	c := &devCluster{ctx: ctx, self: self, dir: dir, tick: f.tick, engine: f.engine, shards: f.shards, names: []string{"n1", "n2", "n3"}, net: newDevNet(),
 		kids: make([]*devChild, 3)}
 	defer c.net.close()
 
@@ -199,14 +202,22 @@ func runDev(ctx context.Context, f devFlags) error {
 	go dash.Serve(dl)
 	defer dash.Close()
 
-	fmt.Printf("ballot dev: a three-member %s cluster is up (data in %s)\n\n", c.engine, dir)
+	if c.shards > 0 {
+		fmt.Printf("ballot dev: a three-host %s cluster with %d shards is up (data in %s)\n\n", c.engine, c.shards, dir)
+	} else {
+		fmt.Printf("ballot dev: a three-member %s cluster is up (data in %s)\n\n", c.engine, dir)
+	}
 	for i, n := range c.names {
 		fmt.Printf("  %s  client %-16s peer %-16s http http://%s  log %s\n", n, c.client[i], c.peer[i], c.http[i], c.kids[i].log)
 	}
 	fmt.Printf("\ndashboard: http://%s/\n", dl.Addr())
 	fmt.Printf("\nTry it:\n  etcdctl --endpoints=%s put greeting hello\n  etcdctl --endpoints=%s get greeting\n",
 		strings.Join(c.client, ","), strings.Join(c.client, ","))
-	fmt.Printf("  go run ./cmd/ballot get greeting --endpoints=%s\n\nCtrl-C stops the cluster.\n", strings.Join(c.client, ","))
+	fmt.Printf("  go run ./cmd/ballot get greeting --endpoints=%s\n", strings.Join(c.client, ","))
+	if c.shards > 0 {
+		fmt.Printf("  go run ./cmd/ballot shard list --endpoints=%s\n", strings.Join(c.client, ","))
+	}
+	fmt.Printf("\nCtrl-C stops the cluster.\n")
 
 	for {
 		select {
@@ -245,7 +256,7 @@ func (c *devCluster) start(i int) error {
 		"--listen-client", c.client[i], "--listen-peer", c.inner[i],
 		"--listen-http", c.http[i], "--initial-cluster", strings.Join(initial, ","),
 		"--initial-cluster-token", "ballot-dev", "--tick", c.tick.String(), "--engine", c.engine,
-		"--dashboard-peers", strings.Join(dashPeers, ","))
+		"--dashboard-peers", strings.Join(dashPeers, ","), "--shards", strconv.Itoa(c.shards))
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches us, we stop them
 	if err := cmd.Start(); err != nil {

@@ -23,6 +23,7 @@ func main() {
 	root.AddCommand(alarmCommand())
 	root.AddCommand(operatorCommands()...)
 	root.AddCommand(recipeCommands()...)
+	root.AddCommand(shardCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ballot:", err)
 		os.Exit(1)

@@ -49,6 +49,7 @@ type serveFlags struct {
 	dashboard       dashboardFlags
 	quotaBytes      int64
 	corruptCheck    time.Duration
+	shards          int
 }
 
 func serveCommand() *cobra.Command {
@@ -94,6 +95,7 @@ command line wins over the environment, which wins over the file.`,
 	fl.BoolVar(&f.clientTLS.ClientCertAuth, "client-cert-auth", false, "refuse clients without a certificate signed by --trusted-ca-file")
 	fl.Int64Var(&f.quotaBytes, "quota-backend-bytes", server.DefaultQuotaBackendBytes, "data size beyond which the NOSPACE alarm is raised and writes are refused (-1: no quota)")
 	fl.DurationVar(&f.corruptCheck, "corrupt-check-time", server.DefaultCorruptCheckTime, "how often the leader compares the members' hashes, raising CORRUPT on a mismatch (0: never)")
+	fl.IntVar(&f.shards, "shards", 0, "sharded mode: a new cluster starts with this many shards, each its own consensus group (0: one group, exact etcd semantics; see docs/sharding.md). Every member must pass the same value")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.StringVar(&f.configFile, "config", "", "JSON file of flag values")
@@ -239,6 +241,9 @@ func runServe(ctx context.Context, f serveFlags) error {
 		return fmt.Errorf("serve: --listen-peer: %w", err)
 	}
 	mon := newMonitor(f.dashboard, f.name, f.listenHTTP, log)
+	if f.shards > 0 {
+		return runShardHost(ctx, f, log, initial, join, cl, pl, mon)
+	}
 	srv, err := server.Start(ctx, server.Config{
 		Name: f.name, ClusterToken: f.clusterToken, InitialCluster: initial, Join: join,
 		Engine:              node.EngineKind(f.engine),

@@ -1,0 +1,535 @@
+package shard
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/node"
+	"github.com/ballotdb/ballot/server"
+	"github.com/ballotdb/ballot/transport"
+)
+
+// MetaGroup is the group number of the meta group, which keeps the shard
+// map; shards are numbered from 1.
+const MetaGroup = 0
+
+// mapKey is where the meta group keeps the shard map.
+const mapKey = "ballot/shardmap"
+
+// Config configures a Host.
+type Config struct {
+	// Name is this host's name; with ClusterToken and its peer address
+	// in InitialCluster it gives the host's member ID, which the host
+	// uses in every group.
+	Name         string
+	ClusterToken string
+	// InitialCluster maps host names to peer addresses (host:port).
+	InitialCluster map[string]string
+	// Shards is how many shards a new cluster starts with (see Initial).
+	Shards int
+	// Engine is the consensus engine of every group.
+	Engine node.EngineKind
+
+	DataDir string
+	// ClientListener serves the etcd v3 API (the router); PeerListener
+	// the consensus traffic of every group (one transport.Mux).
+	ClientListener, PeerListener net.Listener
+	// AdvertiseClientURLs are published as every group's client URLs;
+	// default the client listener's address.
+	AdvertiseClientURLs []string
+
+	TickInterval    time.Duration
+	ElectionTicks   int
+	SnapshotEntries uint64
+	Seed            uint64
+	Logger          *slog.Logger
+	// MapRefresh is how often the host re-reads the shard map and
+	// finishes half-done splits (see reconcile); default 1 s. Routers also
+	// re-read it whenever a shard refuses a key it no longer keeps.
+	MapRefresh time.Duration
+	// Unsafe breaks every shard on purpose (tests only; see
+	// server.UnsafeKnobs).
+	Unsafe server.UnsafeKnobs
+	// MetaObserve hooks metrics and the dashboard into the host's member
+	// of the meta group.
+	MetaObserve server.Observe
+}
+
+// Host is one process keeping many groups: the meta group and a member of
+// each shard. It serves the etcd v3 API through its router.
+type Host struct {
+	cfg  Config
+	log  *slog.Logger
+	mux  *transport.Mux
+	grpc *grpc.Server
+
+	mu sync.Mutex
+	m  Map
+	gs map[uint64]*group
+
+	startMu sync.Mutex // serializes starting groups
+
+	stopOnce sync.Once
+	stopc    chan struct{}
+	wg       sync.WaitGroup
+}
+
+// group is this host's member of one consensus group: a whole
+// server.Server, reached by the router over an in-memory connection.
+type group struct {
+	id   uint64
+	srv  *server.Server
+	lis  *bufconn.Listener
+	conn *grpc.ClientConn
+}
+
+// memBuffer is the in-memory connection's buffer per direction.
+const memBuffer = 1 << 20
+
+// startTimeout bounds starting one group in the background.
+const startTimeout = 30 * time.Second
+
+// Start starts the host: its transport, the meta group, a member of each
+// shard of the map, and the router. It does not wait for the groups to
+// elect leaders. ctx bounds only the start.
+func Start(ctx context.Context, cfg Config) (*Host, error) {
+	if cfg.Name == "" || cfg.DataDir == "" {
+		return nil, errors.New("shard: Config.Name and Config.DataDir are required")
+	}
+	if cfg.ClusterToken == "" {
+		cfg.ClusterToken = "ballot-cluster"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	self, ok := cfg.InitialCluster[cfg.Name]
+	if !ok {
+		return nil, fmt.Errorf("shard: the initial cluster must name this host (%q)", cfg.Name)
+	}
+	if len(cfg.AdvertiseClientURLs) == 0 {
+		cfg.AdvertiseClientURLs = []string{"http://" + cfg.ClientListener.Addr().String()}
+	}
+	hosts := make([]string, 0, len(cfg.InitialCluster))
+	for name := range cfg.InitialCluster {
+		hosts = append(hosts, name)
+	}
+	initial, err := Initial(cfg.Shards, hosts)
+	if err != nil {
+		return nil, err
+	}
+	mux, err := transport.NewMux(transport.Config{
+		ID:        consensus.NodeID(server.MemberIDFor(cfg.ClusterToken, self)),
+		ClusterID: server.ClusterIDFor(cfg.ClusterToken),
+		Listener:  cfg.PeerListener, Logger: cfg.Logger.With("host", cfg.Name),
+	})
+	if err != nil {
+		return nil, err
+	}
+	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial,
+		gs: map[uint64]*group{}, stopc: make(chan struct{})}
+	if err := h.startGroup(ctx, MetaGroup, nil, false); err != nil {
+		h.Stop()
+		return nil, err
+	}
+	if err := h.startLocalShards(ctx, initial); err != nil {
+		h.Stop()
+		return nil, err
+	}
+	h.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(server.DefaultMaxRequestBytes+512*1024),
+		grpc.MaxSendMsgSize(1<<31-1),
+		grpc.MaxConcurrentStreams(1<<16),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(modeUnary), grpc.ChainStreamInterceptor(modeStream),
+	)
+	r := &router{h: h}
+	pb.RegisterKVServer(h.grpc, &kvRouter{r: r})
+	pb.RegisterWatchServer(h.grpc, &watchRouter{r: r})
+	pb.RegisterLeaseServer(h.grpc, &leaseRouter{r: r})
+	pb.RegisterClusterServer(h.grpc, &clusterRouter{r: r})
+	pb.RegisterMaintenanceServer(h.grpc, &maintenanceRouter{r: r})
+	registerShardService(h.grpc, h)
+	h.wg.Add(2)
+	go func() { defer h.wg.Done(); _ = h.grpc.Serve(cfg.ClientListener) }()
+	go func() { defer h.wg.Done(); h.keepMap() }()
+	h.log.Info("host serving", "client", cfg.ClientListener.Addr().String(), "peer", cfg.PeerListener.Addr().String(),
+		"shards", len(initial.Shards))
+	return h, nil
+}
+
+// groupDir is where group id keeps its WAL and snapshots.
+func (h *Host) groupDir(id uint64) string {
+	if id == MetaGroup {
+		return filepath.Join(h.cfg.DataDir, "meta")
+	}
+	return filepath.Join(h.cfg.DataDir, "shards", strconv.FormatUint(id, 10))
+}
+
+// groupClusterID names group id on the wire and on disk.
+func (h *Host) groupClusterID(id uint64) uint64 {
+	if id == MetaGroup {
+		return server.ClusterIDFor(h.cfg.ClusterToken + "/meta")
+	}
+	return server.ClusterIDFor(h.cfg.ClusterToken + "/shard/" + strconv.FormatUint(id, 10))
+}
+
+// startLocalShards starts this host's member of every initial shard and of
+// every shard whose data directory it holds (children of splits).
+func (h *Host) startLocalShards(ctx context.Context, initial Map) error {
+	want := map[uint64]*Shard{}
+	for _, s := range initial.Shards {
+		want[s.ID] = &s
+	}
+	dirs, err := os.ReadDir(filepath.Join(h.cfg.DataDir, "shards"))
+	if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("shard: %w", err)
+	}
+	for _, d := range dirs {
+		id, err := strconv.ParseUint(d.Name(), 10, 64)
+		if err != nil || id == MetaGroup {
+			continue
+		}
+		if want[id] == nil {
+			// Its range and members are in its own replicated state.
+			want[id] = &Shard{ID: id, Members: slices.Collect(maps.Keys(h.cfg.InitialCluster))}
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(want)) {
+		if err := h.startGroup(ctx, id, want[id], false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startGroup starts this host's member of group id (s nil: the meta
+// group). With join it starts empty and waits for the group's leader to
+// send it the state (a member whose seed was lost).
+func (h *Host) startGroup(ctx context.Context, id uint64, s *Shard, join bool) error {
+	h.startMu.Lock()
+	defer h.startMu.Unlock()
+	return h.startGroupLocked(ctx, id, s, join)
+}
+
+// ensureGroup starts this host's member of s unless it runs: from its data
+// if it has some, else empty, to be sent the state by the leader.
+func (h *Host) ensureGroup(ctx context.Context, s *Shard) error {
+	h.startMu.Lock()
+	defer h.startMu.Unlock()
+	names, _ := os.ReadDir(h.groupDir(s.ID))
+	return h.startGroupLocked(ctx, s.ID, s, len(names) == 0)
+}
+
+// REQUIRES: h.startMu held.
+func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join bool) error {
+	select {
+	case <-h.stopc:
+		return errors.New("shard: host stopping")
+	default:
+	}
+	if h.group(id) != nil {
+		return nil
+	}
+	dir := h.groupDir(id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("shard: group %d: %w", id, err)
+	}
+	initial := map[string]string{}
+	for name, addr := range h.cfg.InitialCluster {
+		if s == nil || contains(s.Members, name) {
+			initial[name] = addr
+		}
+	}
+	var sc *server.ShardConfig
+	if s != nil {
+		sc = &server.ShardConfig{ID: s.ID, Start: s.Start, End: s.End, OnSplit: h.onSplit}
+	}
+	cid := h.groupClusterID(id)
+	lis := bufconn.Listen(memBuffer)
+	log := h.cfg.Logger.With("group", id)
+	scfg := server.Config{
+		Name: h.cfg.Name, ClusterToken: h.cfg.ClusterToken, ClusterID: cid,
+		InitialCluster: initial, Join: join, Engine: h.cfg.Engine,
+		AdvertiseClientURLs: h.cfg.AdvertiseClientURLs,
+		DataDir:             dir, ClientListener: lis,
+		NewTransport: func(th transport.Handler) (transport.Transport, error) { return h.mux.Group(cid, th) },
+		Shard:        sc,
+		TickInterval: h.cfg.TickInterval, ElectionTicks: h.cfg.ElectionTicks, SnapshotEntries: h.cfg.SnapshotEntries,
+		Seed: seedFor(h.cfg.Seed, id), Logger: log, Unsafe: h.cfg.Unsafe,
+	}
+	if id == MetaGroup {
+		scfg.Observe = h.cfg.MetaObserve
+	}
+	srv, err := server.Start(ctx, scfg)
+	if err != nil {
+		return fmt.Errorf("shard: group %d: %w", id, err)
+	}
+	conn, err := grpc.NewClient("passthrough:///group-"+strconv.FormatUint(id, 10),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1), grpc.MaxCallSendMsgSize(1<<31-1)),
+	)
+	if err != nil {
+		srv.Stop()
+		return fmt.Errorf("shard: group %d: %w", id, err)
+	}
+	h.mu.Lock()
+	h.gs[id] = &group{id: id, srv: srv, lis: lis, conn: conn}
+	h.mu.Unlock()
+	return nil
+}
+
+func seedFor(seed, id uint64) uint64 {
+	if seed == 0 {
+		return 0
+	}
+	return seed*1_000_003 + id
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// group returns this host's member of group id, or nil.
+func (h *Host) group(id uint64) *group {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gs[id]
+}
+
+// groups returns this host's members of every group, meta first.
+func (h *Host) groups() []*group {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*group, 0, len(h.gs))
+	for _, g := range h.gs {
+		out = append(out, g)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// Map returns the shard map the host routes by.
+func (h *Host) Map() Map {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.m
+}
+
+// Server returns this host's member of group id (MetaGroup or a shard).
+func (h *Host) Server(id uint64) *server.Server {
+	if g := h.group(id); g != nil {
+		return g.srv
+	}
+	return nil
+}
+
+// ClientURL is the router's URL.
+func (h *Host) ClientURL() string { return "http://" + h.cfg.ClientListener.Addr().String() }
+
+// MemberID is the host's member ID, the same in every group.
+func (h *Host) MemberID() uint64 {
+	return server.MemberIDFor(h.cfg.ClusterToken, h.cfg.InitialCluster[h.cfg.Name])
+}
+
+// keepMap stores the initial map in the meta group if it holds none yet
+// (compare-and-swap on the key's absence, so every host may try), then
+// keeps the host's map current.
+func (h *Host) keepMap() {
+	t := time.NewTicker(cmp.Or(h.cfg.MapRefresh, time.Second))
+	defer t.Stop()
+	stored := false
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if !stored {
+			stored = h.storeInitialMap(ctx) == nil
+		}
+		if stored {
+			if h.refreshMap(ctx) == nil {
+				h.reconcile(ctx)
+			}
+		}
+		cancel()
+		select {
+		case <-h.stopc:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (h *Host) meta() (pb.KVClient, error) {
+	g := h.group(MetaGroup)
+	if g == nil {
+		return nil, errors.New("shard: no meta group")
+	}
+	return pb.NewKVClient(g.conn), nil
+}
+
+func (h *Host) storeInitialMap(ctx context.Context) error {
+	kvc, err := h.meta()
+	if err != nil {
+		return err
+	}
+	m := h.Map()
+	_, err = kvc.Txn(ctx, &pb.TxnRequest{
+		Compare: []*pb.Compare{{Key: []byte(mapKey), Target: pb.Compare_CREATE, Result: pb.Compare_EQUAL,
+			TargetUnion: &pb.Compare_CreateRevision{CreateRevision: 0}}},
+		Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(mapKey), Value: m.Encode()}}}},
+	})
+	return err
+}
+
+// refreshMap reads the map from the meta group (linearizably) and routes
+// by it from now on if it is newer than the one the host has.
+func (h *Host) refreshMap(ctx context.Context) error {
+	kvc, err := h.meta()
+	if err != nil {
+		return err
+	}
+	resp, err := kvc.Range(ctx, &pb.RangeRequest{Key: []byte(mapKey)})
+	if err != nil {
+		return fmt.Errorf("shard: reading the map: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	m, err := DecodeMap(resp.Kvs[0].Value)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	if m.Version > h.m.Version {
+		h.m = m
+	}
+	h.mu.Unlock()
+	return nil
+}
+
+// mapStale is called when a route turned out stale: it records in the map
+// any split a local shard has applied that the map does not show yet (the
+// host that asked for it may not have got that far), then re-reads it.
+func (h *Host) mapStale(ctx context.Context) error {
+	m := h.Map()
+	for _, g := range h.groups() {
+		if g.id == MetaGroup {
+			continue
+		}
+		for _, rec := range g.srv.SplitRecords() {
+			if _, ok := m.ByID(rec.Child); !ok {
+				if err := h.recordSplit(ctx, g.id, rec); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return h.refreshMap(ctx)
+}
+
+// reconcile finishes what a crash may have left half done: splits that
+// local shards applied but the map does not show yet, and shards the map
+// says this host keeps but that it has no member of (it starts one, empty
+// if it has no data for it, to be sent the state by the group's leader).
+func (h *Host) reconcile(ctx context.Context) {
+	for _, g := range h.groups() {
+		if g.id == MetaGroup {
+			continue
+		}
+		for _, rec := range g.srv.SplitRecords() {
+			if _, ok := h.Map().ByID(rec.Child); !ok {
+				if err := h.recordSplit(ctx, g.id, rec); err != nil {
+					h.log.Warn("recording a split in the map", "shard", g.id, "child", rec.Child, "err", err)
+				}
+			}
+		}
+	}
+	for _, s := range h.Map().Shards {
+		if !contains(s.Members, h.cfg.Name) || h.group(s.ID) != nil {
+			continue
+		}
+		if err := h.ensureGroup(ctx, &s); err != nil {
+			h.log.Warn("starting a shard's member", "shard", s.ID, "err", err)
+		}
+	}
+}
+
+// Stop stops the router, every group and the transport. Idempotent.
+func (h *Host) Stop() {
+	h.stopOnce.Do(func() {
+		close(h.stopc)
+		if h.grpc != nil {
+			stopped := make(chan struct{})
+			go func() { h.grpc.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(2 * time.Second):
+				h.grpc.Stop()
+			}
+		}
+		h.wg.Wait()
+		var wg sync.WaitGroup
+		for _, g := range h.groups() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g.conn.Close()
+				g.srv.Stop()
+			}()
+		}
+		wg.Wait()
+		h.mux.Close()
+	})
+}
+
+// Done is closed once any group has stopped, by Stop or on its own (a
+// host missing a group is not whole: it should stop and be restarted).
+func (h *Host) Done() <-chan struct{} {
+	done := make(chan struct{})
+	gs := h.groups()
+	go func() {
+		cases := make([]reflect.SelectCase, 0, len(gs)+1)
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(h.stopc)})
+		for _, g := range gs {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(g.srv.Done())})
+		}
+		reflect.Select(cases)
+		close(done)
+	}()
+	return done
+}
+
+// Err is why a group stopped on its own, or nil.
+func (h *Host) Err() error {
+	var errs []error
+	for _, g := range h.groups() {
+		if err := g.srv.Err(); err != nil {
+			errs = append(errs, fmt.Errorf("group %d: %w", g.id, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,1014 @@
+package shard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballotdb/ballot/server"
+)
+
+// Errors the router answers with (see docs/sharding.md).
+var (
+	ErrGRPCCrossShardTxn   = status.Error(codes.FailedPrecondition, "ballot: cross-shard transaction: its keys are in more than one shard (not supported yet; see docs/sharding.md)")
+	ErrGRPCLeaseOtherShard = status.Error(codes.FailedPrecondition, "ballot: lease and key in different shards (a lease lives in one shard; see docs/sharding.md)")
+	ErrGRPCRevisionAcross  = status.Error(codes.InvalidArgument, "ballot: a range across shards cannot be read at a revision (revisions are per shard)")
+	ErrGRPCLeaseIDShard    = status.Error(codes.InvalidArgument, "ballot: in sharded mode a lease ID names its shard in its top 16 bits; this one names none")
+	ErrGRPCShardedOnly     = status.Error(codes.Unimplemented, "ballot: not available in sharded mode (see docs/sharding.md)")
+)
+
+// WatchSpansShards is the cancel reason of a watch whose range spans shards.
+const WatchSpansShards = "ballot: watch range spans shards (see docs/sharding.md)"
+
+// LeaseKeyHeader is the gRPC metadata key a client sets on LeaseGrant to
+// home the lease in the shard that holds that key (binary metadata: any
+// key bytes).
+const LeaseKeyHeader = "ballot-lease-key-bin"
+
+// ModeHeader is the gRPC header every answer of a sharded host carries.
+const ModeHeader = "ballot-mode"
+
+// wrongShardRetries bounds how often a request is re-routed after the map
+// it was routed by turned out stale.
+const wrongShardRetries = 10
+
+// router serves the etcd v3 API of a sharded host by sending each request
+// to the shard(s) its keys are in, through this host's member of each
+// group (see groupConn). It holds no data of its own.
+type router struct {
+	h *Host
+}
+
+// errNotHere is the answer for a shard this host keeps no member of (yet:
+// a split's child starts a moment after its parent applied the split).
+var errNotHere = status.Error(codes.Unavailable, "ballot: shard not kept by this host")
+
+// conn returns the connection to shard id's group on this host.
+func (r *router) conn(id uint64) (*grpc.ClientConn, error) {
+	g := r.h.group(id)
+	if g == nil {
+		return nil, errNotHere
+	}
+	return g.conn, nil
+}
+
+// waitConn is conn, waiting (about 3 s at most) for this host to start its
+// member of a shard the map says it keeps.
+func (r *router) waitConn(ctx context.Context, id uint64) (*grpc.ClientConn, error) {
+	backoff := 5 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		c, err := r.conn(id)
+		if err == nil || attempt == wrongShardRetries {
+			return c, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+// retryable reports whether a request that failed with err should be
+// routed again after re-reading the map: a shard refused keys it no longer
+// keeps, or this host has no member of the shard yet.
+func retryable(err error) bool {
+	return server.IsWrongShard(err) || isStatus(err, errNotHere)
+}
+
+// routed runs f on the current map, re-reading the map and retrying with
+// backoff (about 3 s in all) while the route turns out stale.
+func routed[T any](ctx context.Context, r *router, f func(Map) (T, error)) (T, error) {
+	var zero T
+	backoff := 5 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		out, err := f(r.h.Map())
+		if err == nil || !retryable(err) || attempt == wrongShardRetries {
+			return out, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return zero, err
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+		if err := r.h.mapStale(ctx); err != nil {
+			return zero, err
+		}
+	}
+}
+
+// leaseHome is the shard a lease ID names in its top 16 bits.
+func leaseHome(m Map, id int64) (Shard, error) {
+	s, ok := m.ByID(uint64(id) >> 48)
+	if !ok || id <= 0 {
+		return Shard{}, ErrGRPCLeaseIDShard
+	}
+	return s, nil
+}
+
+// ---- KV ----
+
+type kvRouter struct {
+	pb.UnimplementedKVServer
+	r *router
+}
+
+func (k *kvRouter) kv(id uint64) (pb.KVClient, error) {
+	c, err := k.r.conn(id)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewKVClient(c), nil
+}
+
+func (k *kvRouter) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return routed(ctx, k.r, func(m Map) (*pb.RangeResponse, error) {
+		parts := m.Split(req.Key, req.RangeEnd)
+		switch len(parts) {
+		case 0:
+			parts = []Part{{Shard: m.Lookup(req.Key), Key: req.Key, End: req.RangeEnd}}
+		case 1:
+			c, err := k.kv(parts[0].Shard.ID)
+			if err != nil {
+				return nil, err
+			}
+			return c.Range(ctx, req)
+		}
+		if req.Revision != 0 {
+			return nil, ErrGRPCRevisionAcross
+		}
+		resps := make([]*pb.RangeResponse, len(parts))
+		err := fanOut(len(parts), func(i int) error {
+			c, err := k.kv(parts[i].Shard.ID)
+			if err != nil {
+				return err
+			}
+			sub := proto.Clone(req).(*pb.RangeRequest)
+			sub.Key, sub.RangeEnd = parts[i].Key, parts[i].End
+			resps[i], err = c.Range(ctx, sub)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		return mergeRanges(req, resps), nil
+	})
+}
+
+// mergeRanges joins the shards' answers to one request, in the order the
+// request asked for, applying its limit over the whole.
+func mergeRanges(req *pb.RangeRequest, resps []*pb.RangeResponse) *pb.RangeResponse {
+	out := &pb.RangeResponse{Header: resps[0].Header}
+	for _, r := range resps {
+		out.Count += r.Count
+		if r.Header.GetRevision() > out.Header.GetRevision() {
+			out.Header = r.Header
+		}
+		out.Kvs = append(out.Kvs, r.Kvs...) // shards in key order: so are their keys
+	}
+	target, order := req.SortTarget, req.SortOrder
+	if order == pb.RangeRequest_NONE {
+		target, order = pb.RangeRequest_KEY, pb.RangeRequest_ASCEND
+	}
+	if target != pb.RangeRequest_KEY || order == pb.RangeRequest_DESCEND {
+		less := sortLess(target)
+		sort.SliceStable(out.Kvs, func(i, j int) bool {
+			if order == pb.RangeRequest_DESCEND {
+				return less(out.Kvs[j], out.Kvs[i])
+			}
+			return less(out.Kvs[i], out.Kvs[j])
+		})
+	}
+	if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
+		out.Kvs = out.Kvs[:req.Limit]
+	}
+	out.More = out.Count > int64(len(out.Kvs)) && !req.CountOnly
+	if req.CountOnly {
+		out.Kvs = nil
+	}
+	return out
+}
+
+func sortLess(t pb.RangeRequest_SortTarget) func(a, b *mvccpb.KeyValue) bool {
+	switch t {
+	case pb.RangeRequest_VERSION:
+		return func(a, b *mvccpb.KeyValue) bool { return a.Version < b.Version }
+	case pb.RangeRequest_CREATE:
+		return func(a, b *mvccpb.KeyValue) bool { return a.CreateRevision < b.CreateRevision }
+	case pb.RangeRequest_MOD:
+		return func(a, b *mvccpb.KeyValue) bool { return a.ModRevision < b.ModRevision }
+	case pb.RangeRequest_VALUE:
+		return func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Value, b.Value) < 0 }
+	}
+	return func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Key, b.Key) < 0 }
+}
+
+func (k *kvRouter) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	return routed(ctx, k.r, func(m Map) (*pb.PutResponse, error) {
+		s := m.Lookup(req.Key)
+		if req.Lease != 0 {
+			if home, err := leaseHome(m, req.Lease); err != nil || !m.Lineage(home.ID, s.ID) {
+				return nil, ErrGRPCLeaseOtherShard
+			}
+		}
+		c, err := k.kv(s.ID)
+		if err != nil {
+			return nil, err
+		}
+		return c.Put(ctx, req)
+	})
+}
+
+func (k *kvRouter) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	return routed(ctx, k.r, func(m Map) (*pb.DeleteRangeResponse, error) {
+		parts := m.Split(req.Key, req.RangeEnd)
+		if len(parts) == 0 {
+			parts = []Part{{Shard: m.Lookup(req.Key), Key: req.Key, End: req.RangeEnd}}
+		}
+		if len(parts) == 1 {
+			c, err := k.kv(parts[0].Shard.ID)
+			if err != nil {
+				return nil, err
+			}
+			return c.DeleteRange(ctx, req)
+		}
+		resps := make([]*pb.DeleteRangeResponse, len(parts))
+		err := fanOut(len(parts), func(i int) error {
+			c, err := k.kv(parts[i].Shard.ID)
+			if err != nil {
+				return err
+			}
+			sub := proto.Clone(req).(*pb.DeleteRangeRequest)
+			sub.Key, sub.RangeEnd = parts[i].Key, parts[i].End
+			resps[i], err = c.DeleteRange(ctx, sub)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		out := &pb.DeleteRangeResponse{Header: resps[0].Header}
+		for _, r := range resps {
+			out.Deleted += r.Deleted
+			out.PrevKvs = append(out.PrevKvs, r.PrevKvs...)
+			if r.Header.GetRevision() > out.Header.GetRevision() {
+				out.Header = r.Header
+			}
+		}
+		return out, nil
+	})
+}
+
+func (k *kvRouter) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	return routed(ctx, k.r, func(m Map) (*pb.TxnResponse, error) {
+		ids := map[uint64]bool{}
+		var leaseErr error
+		txnShards(m, req, ids, &leaseErr)
+		if len(ids) > 1 {
+			return nil, ErrGRPCCrossShardTxn
+		}
+		if leaseErr != nil {
+			return nil, leaseErr
+		}
+		id := m.Lookup(nil).ID // a Txn with no keys at all: any shard answers it
+		for s := range ids {
+			id = s
+		}
+		c, err := k.kv(id)
+		if err != nil {
+			return nil, err
+		}
+		return c.Txn(ctx, req)
+	})
+}
+
+// txnShards adds the shards every key of t is in to ids, and notes a put
+// whose lease lives in another shard than its key.
+func txnShards(m Map, t *pb.TxnRequest, ids map[uint64]bool, leaseErr *error) {
+	add := func(key, end []byte) {
+		parts := m.Split(key, end)
+		if len(parts) == 0 {
+			parts = []Part{{Shard: m.Lookup(key)}}
+		}
+		for _, p := range parts {
+			ids[p.Shard.ID] = true
+		}
+	}
+	for _, c := range t.Compare {
+		add(c.Key, c.RangeEnd)
+	}
+	for _, ops := range [][]*pb.RequestOp{t.Success, t.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				add(v.RequestRange.Key, v.RequestRange.RangeEnd)
+			case *pb.RequestOp_RequestPut:
+				add(v.RequestPut.Key, nil)
+				if l := v.RequestPut.Lease; l != 0 {
+					if home, err := leaseHome(m, l); err != nil || !m.Lineage(home.ID, m.Lookup(v.RequestPut.Key).ID) {
+						*leaseErr = ErrGRPCLeaseOtherShard
+					}
+				}
+			case *pb.RequestOp_RequestDeleteRange:
+				add(v.RequestDeleteRange.Key, v.RequestDeleteRange.RangeEnd)
+			case *pb.RequestOp_RequestTxn:
+				txnShards(m, v.RequestTxn, ids, leaseErr)
+			}
+		}
+	}
+}
+
+// Compact compacts every shard at the revision, or leaves a shard alone
+// whose own revision is lower than it or that is already compacted past
+// it (revisions are per shard; see docs/sharding.md).
+func (k *kvRouter) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	m := k.r.h.Map()
+	resps := make([]*pb.CompactionResponse, len(m.Shards))
+	err := fanOut(len(m.Shards), func(i int) error {
+		c, err := k.kv(m.Shards[i].ID)
+		if err != nil {
+			return err
+		}
+		resps[i], err = c.Compact(ctx, req)
+		if err != nil && (isStatus(err, rpctypes.ErrGRPCFutureRev) || isStatus(err, rpctypes.ErrGRPCCompacted)) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &pb.CompactionResponse{}
+	for _, r := range resps {
+		if r != nil && r.Header.GetRevision() >= out.Header.GetRevision() {
+			out.Header = r.Header
+		}
+	}
+	if out.Header == nil {
+		return nil, rpctypes.ErrGRPCFutureRev
+	}
+	return out, nil
+}
+
+func isStatus(err, want error) bool {
+	a, _ := status.FromError(err)
+	b, _ := status.FromError(want)
+	return a.Code() == b.Code() && a.Message() == b.Message()
+}
+
+// fanOut runs f(0..n-1) concurrently and returns the first error.
+func fanOut(n int, f func(i int) error) error {
+	if n == 1 {
+		return f(0)
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = f(i) }()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// ---- Lease ----
+
+type leaseRouter struct {
+	pb.UnimplementedLeaseServer
+	r *router
+}
+
+func (l *leaseRouter) lease(id uint64) (pb.LeaseClient, error) {
+	c, err := l.r.conn(id)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewLeaseClient(c), nil
+}
+
+// LeaseGrant homes the lease in the shard that holds the key named by the
+// ballot-lease-key-bin metadata, else in the shard its ID names, else in the
+// first shard; an ID the router picks names its home in its top 16 bits.
+func (l *leaseRouter) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	m := l.r.h.Map()
+	home := m.Shards[0]
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(LeaseKeyHeader)) > 0 {
+		home = m.Lookup([]byte(md.Get(LeaseKeyHeader)[0]))
+	}
+	if req.ID != 0 {
+		s, err := leaseHome(m, req.ID)
+		if err != nil {
+			return nil, err
+		}
+		home = s
+	}
+	c, err := l.lease(home.ID)
+	if err != nil {
+		return nil, err
+	}
+	if req.ID != 0 {
+		return c.LeaseGrant(ctx, req)
+	}
+	for range 8 {
+		sub := &pb.LeaseGrantRequest{TTL: req.TTL, ID: int64(home.ID<<48 | (rand.Uint64N(1<<48-1) + 1))}
+		resp, err := c.LeaseGrant(ctx, sub)
+		if isStatus(err, rpctypes.ErrGRPCLeaseExist) {
+			continue // a random ID already taken: draw another
+		}
+		return resp, err
+	}
+	return nil, rpctypes.ErrGRPCLeaseExist
+}
+
+// lineage returns the shards lease id lives in: its home first, then the
+// shards split from the home since (each holds a copy; see kv.SplitOff).
+func (l *leaseRouter) lineage(id int64) ([]uint64, error) {
+	m := l.r.h.Map()
+	s, err := leaseHome(m, id)
+	if err != nil {
+		return nil, rpctypes.ErrGRPCLeaseNotFound
+	}
+	return append([]uint64{s.ID}, m.Descendants(s.ID)...), nil
+}
+
+// LeaseRevoke revokes the lease in every shard it lives in; the home's
+// answer is the client's.
+func (l *leaseRouter) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	ids, err := l.lineage(req.ID)
+	if err != nil {
+		return nil, err
+	}
+	resps := make([]*pb.LeaseRevokeResponse, len(ids))
+	err = fanOut(len(ids), func(i int) error {
+		c, err := l.lease(ids[i])
+		if err != nil {
+			return err
+		}
+		resps[i], err = c.LeaseRevoke(ctx, req)
+		if i > 0 && isStatus(err, rpctypes.ErrGRPCLeaseNotFound) {
+			return nil // this copy expired or was revoked already
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resps[0], nil
+}
+
+// LeaseTimeToLive answers with the home's TTL and the keys attached in
+// every shard the lease lives in.
+func (l *leaseRouter) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	ids, err := l.lineage(req.ID)
+	if err != nil {
+		return &pb.LeaseTimeToLiveResponse{Header: &pb.ResponseHeader{}, ID: req.ID, TTL: -1}, nil
+	}
+	resps := make([]*pb.LeaseTimeToLiveResponse, len(ids))
+	err = fanOut(len(ids), func(i int) error {
+		c, err := l.lease(ids[i])
+		if err != nil {
+			return err
+		}
+		resps[i], err = c.LeaseTimeToLive(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := resps[0]
+	for _, r := range resps[1:] {
+		if r.TTL >= 0 {
+			out.Keys = append(out.Keys, r.Keys...)
+		}
+	}
+	return out, nil
+}
+
+func (l *leaseRouter) LeaseLeases(ctx context.Context, req *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	m := l.r.h.Map()
+	resps := make([]*pb.LeaseLeasesResponse, len(m.Shards))
+	err := fanOut(len(m.Shards), func(i int) error {
+		c, err := l.lease(m.Shards[i].ID)
+		if err != nil {
+			return err
+		}
+		resps[i], err = c.LeaseLeases(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &pb.LeaseLeasesResponse{Header: resps[0].Header}
+	for _, r := range resps {
+		out.Leases = append(out.Leases, r.Leases...)
+	}
+	sort.Slice(out.Leases, func(i, j int) bool { return out.Leases[i].ID < out.Leases[j].ID })
+	return out, nil
+}
+
+// LeaseKeepAlive relays each keep-alive to its lease's home shard, over one
+// stream per shard opened on first use, and the answers back.
+func (l *leaseRouter) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	var (
+		mu    sync.Mutex // serializes stream.Send
+		inner = map[uint64]pb.Lease_LeaseKeepAliveClient{}
+		errc  = make(chan error, 1)
+	)
+	fail := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+		cancel()
+	}
+	reqs := make(chan *pb.LeaseKeepAliveRequest)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				fail(err)
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		var req *pb.LeaseKeepAliveRequest
+		select {
+		case req = <-reqs:
+		case <-ctx.Done():
+			select {
+			case err := <-errc:
+				if errors.Is(err, context.Canceled) {
+					return nil
+				}
+				return err
+			default:
+				return ctx.Err()
+			}
+		}
+		ids, err := l.lineage(req.ID)
+		if err != nil {
+			mu.Lock()
+			err = stream.Send(&pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID, TTL: 0})
+			mu.Unlock()
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		for _, sid := range ids {
+			in := inner[sid]
+			if in == nil {
+				c, err := l.lease(sid)
+				if err != nil {
+					return err
+				}
+				if in, err = c.LeaseKeepAlive(ctx); err != nil {
+					return err
+				}
+				inner[sid] = in
+				go func() {
+					for {
+						resp, err := in.Recv()
+						if err != nil {
+							fail(err)
+							return
+						}
+						// Only the home's answer goes back: the copies
+						// in shards split from it are kept alive quietly.
+						if home, err := leaseHome(l.r.h.Map(), resp.ID); err != nil || home.ID != sid {
+							continue
+						}
+						mu.Lock()
+						err = stream.Send(resp)
+						mu.Unlock()
+						if err != nil {
+							fail(err)
+							return
+						}
+					}
+				}()
+			}
+			if err := in.Send(req); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// ---- Watch ----
+
+type watchRouter struct {
+	pb.UnimplementedWatchServer
+	r *router
+}
+
+// Watch relays each watch to the one shard its range is in, over one
+// stream per shard opened on first use. Watch IDs are chosen here and
+// passed on, so the shards' answers need no translation; a progress
+// answer for a whole shard stream is sent to each of that shard's
+// watchers by ID, since its revision means nothing to the other shards'.
+//
+// The router remembers, for each watch, the first revision the client has
+// not yet been sent everything up to. When a split moves a watch's range
+// to another shard, the old shard cancels the watch once it has sent every
+// event up to the split (server.ShardSplitReason), and the router creates
+// it again on the new shard from that revision — the new shard holds the
+// range's history (kv.SplitOff) — without telling the client, which sees
+// one unbroken watch: no gap, no repeat.
+func (w *watchRouter) Watch(stream pb.Watch_WatchServer) error {
+	ws := &watchStream{r: w.r, out: stream, inner: map[uint64]pb.Watch_WatchClient{}, ws: map[int64]*routedWatch{}}
+	ws.ctx, ws.cancel = context.WithCancel(stream.Context())
+	defer ws.cancel()
+	reqs := make(chan *pb.WatchRequest)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				ws.fail(err)
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ws.ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case req := <-reqs:
+			if err := ws.handle(req); err != nil {
+				return err
+			}
+		case <-ws.ctx.Done():
+			return ws.err()
+		}
+	}
+}
+
+type watchStream struct {
+	r      *router
+	out    pb.Watch_WatchServer
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex // guards everything below and serializes out.Send
+	inner  map[uint64]pb.Watch_WatchClient
+	ws     map[int64]*routedWatch
+	nextID int64
+	cause  error
+}
+
+// routedWatch is one client watch as the router keeps it.
+type routedWatch struct {
+	shard uint64
+	req   *pb.WatchCreateRequest
+	// next is the first revision of shard's history not yet fully sent
+	// to the client (0: not known yet).
+	next int64
+	// rerouted: the client has its Created answer already; the one for
+	// the re-created watch is not passed on.
+	rerouted bool
+	// moves counts re-creations, bounded by maxWatchMoves.
+	moves int
+}
+
+// maxWatchMoves bounds how often one watch is re-created after its range
+// moved before the router gives up and cancels it.
+const maxWatchMoves = 32
+
+func (ws *watchStream) fail(err error) {
+	ws.mu.Lock()
+	if ws.cause == nil {
+		ws.cause = err
+	}
+	ws.mu.Unlock()
+	ws.cancel()
+}
+
+func (ws *watchStream) err() error {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.cause == nil || errors.Is(ws.cause, context.Canceled) || status.Code(ws.cause) == codes.Canceled {
+		return nil
+	}
+	return ws.cause
+}
+
+func (ws *watchStream) send(r *pb.WatchResponse) error {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return ws.out.Send(r)
+}
+
+func (ws *watchStream) handle(req *pb.WatchRequest) error {
+	switch v := req.RequestUnion.(type) {
+	case *pb.WatchRequest_CreateRequest:
+		return ws.create(v.CreateRequest)
+	case *pb.WatchRequest_CancelRequest:
+		ws.mu.Lock()
+		w, ok := ws.ws[v.CancelRequest.WatchId]
+		var in pb.Watch_WatchClient
+		if ok {
+			in = ws.inner[w.shard]
+		}
+		ws.mu.Unlock()
+		if in == nil {
+			return nil // etcd ignores a cancel of an unknown watch
+		}
+		return in.Send(req)
+	case *pb.WatchRequest_ProgressRequest:
+		ws.mu.Lock()
+		ins := make([]pb.Watch_WatchClient, 0, len(ws.inner))
+		for _, in := range ws.inner {
+			ins = append(ins, in)
+		}
+		ws.mu.Unlock()
+		for _, in := range ins {
+			if err := in.Send(req); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (ws *watchStream) create(c *pb.WatchCreateRequest) error {
+	ws.mu.Lock()
+	id := c.WatchId
+	if id == 0 {
+		for ws.nextID++; ws.ws[ws.nextID] != nil; ws.nextID++ {
+		}
+		id = ws.nextID
+	}
+	if ws.ws[id] != nil {
+		ws.mu.Unlock()
+		return ws.send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: id, Created: true, Canceled: true, CancelReason: "etcdserver: duplicate watch ID"})
+	}
+	w := &routedWatch{req: proto.Clone(c).(*pb.WatchCreateRequest)}
+	w.req.WatchId = id
+	ws.ws[id] = w
+	ws.mu.Unlock()
+	return ws.route(id, w, c.StartRevision)
+}
+
+// route sends watch id to the shard its range is in now, from revision
+// start (0: from now).
+func (ws *watchStream) route(id int64, w *routedWatch, start int64) error {
+	m := ws.r.h.Map()
+	parts := m.Split(w.req.Key, w.req.RangeEnd)
+	if len(parts) == 0 {
+		parts = []Part{{Shard: m.Lookup(w.req.Key)}}
+	}
+	if len(parts) > 1 {
+		ws.mu.Lock()
+		delete(ws.ws, id)
+		created := w.rerouted
+		ws.mu.Unlock()
+		wid := id
+		if !created {
+			wid = -1 // as etcd answers a watch it refuses at create
+		}
+		return ws.send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: wid, Created: !created, Canceled: true, CancelReason: WatchSpansShards})
+	}
+	sid := parts[0].Shard.ID
+	ws.mu.Lock()
+	w.shard = sid
+	in := ws.inner[sid]
+	ws.mu.Unlock()
+	if in == nil {
+		conn, err := ws.r.waitConn(ws.ctx, sid)
+		if err != nil {
+			ws.r.h.log.Debug("watch cannot move", "watch", id, "to_shard", sid, "err", err)
+			return err
+		}
+		if in, err = pb.NewWatchClient(conn).Watch(ws.ctx); err != nil {
+			return err
+		}
+		ws.mu.Lock()
+		ws.inner[sid] = in
+		ws.mu.Unlock()
+		go ws.relay(sid, in)
+	}
+	sub := proto.Clone(w.req).(*pb.WatchCreateRequest)
+	sub.StartRevision = start
+	return in.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: sub}})
+}
+
+// relay sends one shard's watch answers to the client.
+func (ws *watchStream) relay(sid uint64, in pb.Watch_WatchClient) {
+	for {
+		resp, err := in.Recv()
+		if err != nil {
+			ws.fail(err)
+			return
+		}
+		if err := ws.relayOne(sid, resp); err != nil {
+			ws.fail(err)
+			return
+		}
+	}
+}
+
+func (ws *watchStream) relayOne(sid uint64, resp *pb.WatchResponse) error {
+	rev := resp.Header.GetRevision()
+	if resp.WatchId == -1 && !resp.Created && !resp.Canceled && len(resp.Events) == 0 {
+		// A progress answer for the whole shard stream: to each of the
+		// shard's watchers by its own ID.
+		ws.mu.Lock()
+		var ids []int64
+		for id, w := range ws.ws {
+			if w.shard == sid {
+				ids = append(ids, id)
+				w.next = max(w.next, rev+1)
+			}
+		}
+		ws.mu.Unlock()
+		for _, id := range ids {
+			r := proto.Clone(resp).(*pb.WatchResponse)
+			r.WatchId = id
+			if err := ws.send(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	ws.mu.Lock()
+	w := ws.ws[resp.WatchId]
+	if w == nil || w.shard != sid {
+		ws.mu.Unlock()
+		return nil // a watch cancelled or moved meanwhile
+	}
+	switch {
+	case resp.Canceled && (resp.CancelReason == server.ShardSplitReason || resp.CancelReason == server.WrongShardReason):
+		// The range moved: create the watch again where it is now.
+		start := w.next
+		if start == 0 {
+			start = w.req.StartRevision
+		}
+		if resp.CancelReason == server.ShardSplitReason {
+			w.rerouted = true
+		}
+		w.moves++
+		if w.moves > maxWatchMoves {
+			delete(ws.ws, resp.WatchId)
+			ws.mu.Unlock()
+			resp.CancelReason = "ballot: the watch's range kept moving; watch again"
+			return ws.send(resp)
+		}
+		ws.mu.Unlock()
+		ws.r.h.log.Debug("watch moves", "watch", resp.WatchId, "from_shard", sid, "reason", resp.CancelReason, "start", start)
+		if w.moves > 1 { // the map was stale again: give the split time to land
+			t := time.NewTimer(time.Duration(min(w.moves, 10)) * 20 * time.Millisecond)
+			select {
+			case <-ws.ctx.Done():
+				t.Stop()
+				return ws.ctx.Err()
+			case <-t.C:
+			}
+		}
+		if err := ws.r.h.mapStale(ws.ctx); err != nil {
+			return err
+		}
+		return ws.route(resp.WatchId, w, start)
+	case resp.Canceled:
+		delete(ws.ws, resp.WatchId)
+	case resp.Created:
+		if w.req.StartRevision == 0 && w.next == 0 {
+			w.next = rev + 1
+		} else if w.next == 0 {
+			w.next = w.req.StartRevision
+		}
+		if w.rerouted {
+			ws.mu.Unlock()
+			return nil
+		}
+	case len(resp.Events) > 0:
+		if !resp.Fragment {
+			w.next = max(w.next, resp.Events[len(resp.Events)-1].Kv.ModRevision+1)
+		}
+	default: // a progress notification for this watch
+		w.next = max(w.next, rev+1)
+	}
+	ws.mu.Unlock()
+	return ws.send(resp)
+}
+
+// ---- Cluster and Maintenance: about hosts, answered by the meta group ----
+
+type clusterRouter struct {
+	pb.UnimplementedClusterServer
+	r *router
+}
+
+func (c *clusterRouter) meta() (pb.ClusterClient, error) {
+	conn, err := c.r.conn(MetaGroup)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewClusterClient(conn), nil
+}
+
+func (c *clusterRouter) MemberList(ctx context.Context, req *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	cl, err := c.meta()
+	if err != nil {
+		return nil, err
+	}
+	return cl.MemberList(ctx, req)
+}
+
+type maintenanceRouter struct {
+	pb.UnimplementedMaintenanceServer
+	r *router
+}
+
+// Status answers for the meta group (leader, term, the host's ID), with
+// the sizes summed over every group this host keeps.
+func (m *maintenanceRouter) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
+	conn, err := m.r.conn(MetaGroup)
+	if err != nil {
+		return nil, err
+	}
+	out, err := pb.NewMaintenanceClient(conn).Status(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range m.r.h.groups() {
+		if g.id == MetaGroup {
+			continue
+		}
+		st, err := pb.NewMaintenanceClient(g.conn).Status(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("shard %d: %w", g.id, err)
+		}
+		out.DbSize += st.DbSize
+		out.DbSizeInUse += st.DbSizeInUse
+		out.Errors = append(out.Errors, st.Errors...)
+	}
+	return out, nil
+}
+
+// Alarm lists (or changes) the alarms of every shard.
+func (m *maintenanceRouter) Alarm(ctx context.Context, req *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	out := &pb.AlarmResponse{}
+	for _, g := range m.r.h.groups() {
+		resp, err := pb.NewMaintenanceClient(g.conn).Alarm(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("shard %d: %w", g.id, err)
+		}
+		out.Header = resp.Header
+		out.Alarms = append(out.Alarms, resp.Alarms...)
+	}
+	return out, nil
+}
+
+// Defragment defragments every group this host keeps.
+func (m *maintenanceRouter) Defragment(ctx context.Context, req *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	out := &pb.DefragmentResponse{}
+	for _, g := range m.r.h.groups() {
+		resp, err := pb.NewMaintenanceClient(g.conn).Defragment(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("shard %d: %w", g.id, err)
+		}
+		out.Header = resp.Header
+	}
+	return out, nil
+}
+
+// modeInterceptors put the ballot-mode header on every answer.
+func modeUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	_ = grpc.SetHeader(ctx, metadata.Pairs(ModeHeader, "sharded"))
+	return h(ctx, req)
+}
+
+func modeStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	_ = ss.SetHeader(metadata.Pairs(ModeHeader, "sharded"))
+	return h(srv, ss)
+}

@@ -1,0 +1,253 @@
+package shard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/server"
+)
+
+// Splitting a shard online (docs/sharding.md, "Splitting"):
+//
+//  1. The host that is asked picks the split key (moved back to the start
+//     of the key's last "/"-delimited prefix, so a prefix that ends in "/"
+//     is never cut) and a new shard ID from a counter in the meta group.
+//  2. It proposes the split to the parent shard. Every member of the
+//     parent applies it at the same index (server/split.go): the keys from
+//     the split key on leave its store, with their history and leases,
+//     and become the child's initial state; the parent refuses those keys
+//     from then on (wrong shard), so no write can land on the old side.
+//  3. Each host, on applying it, starts its member of the child from that
+//     state (startChild), so the child's members start identical.
+//  4. The map in the meta group is updated by compare-and-swap. Any host
+//     finishes this from the parent's replicated split records if the
+//     host that started the split died (reconcile), and routers that meet
+//     wrong shard re-read the map and retry, so clients see at most a
+//     short wait.
+
+// nextShardKey holds the next unused shard ID in the meta group.
+const nextShardKey = "ballot/next-shard-id"
+
+// ErrBadSplit refuses a split request that cannot be carried out.
+var ErrBadSplit = errors.New("shard: bad split")
+
+// SplitKey moves a requested split key back to the start of its last
+// "/"-delimited prefix ("app/users/42" → "app/users/"), so that keys under
+// one prefix stay in one shard; a key without "/" is kept.
+func SplitKey(key []byte) []byte {
+	if i := bytes.LastIndexByte(key, '/'); i >= 0 {
+		return key[:i+1]
+	}
+	return key
+}
+
+// Split splits shard id at key (see SplitKey) and returns the new map.
+func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
+	if err := h.refreshMap(ctx); err != nil {
+		return Map{}, err
+	}
+	m := h.Map()
+	p, ok := m.ByID(id)
+	if !ok {
+		return Map{}, fmt.Errorf("%w: no shard %d", ErrBadSplit, id)
+	}
+	key = SplitKey(key)
+	if bytes.Compare(key, p.Start) <= 0 || (len(p.End) > 0 && bytes.Compare(key, p.End) >= 0) {
+		return Map{}, fmt.Errorf("%w: key %q (after moving it to its prefix) is not strictly inside shard %d [%q, %q)",
+			ErrBadSplit, key, id, p.Start, p.End)
+	}
+	srv := h.Server(id)
+	if srv == nil {
+		return Map{}, fmt.Errorf("%w: shard %d is not kept by this host; ask one of %v", ErrBadSplit, id, p.Members)
+	}
+	child, err := h.allocShardID(ctx, m)
+	if err != nil {
+		return Map{}, err
+	}
+	members := map[string]string{}
+	for _, n := range p.Members {
+		members[n] = h.cfg.InitialCluster[n]
+	}
+	if err := srv.Split(ctx, server.SplitRequest{Child: child, Key: key, Members: members}); err != nil {
+		return Map{}, fmt.Errorf("shard: split of shard %d: %w", id, err)
+	}
+	for _, rec := range srv.SplitRecords() {
+		if rec.Child == child {
+			if err := h.recordSplit(ctx, id, rec); err != nil {
+				return Map{}, err
+			}
+		}
+	}
+	return h.Map(), nil
+}
+
+// allocShardID takes the next shard ID from the meta group's counter.
+func (h *Host) allocShardID(ctx context.Context, m Map) (uint64, error) {
+	kvc, err := h.meta()
+	if err != nil {
+		return 0, err
+	}
+	for range 16 {
+		resp, err := kvc.Range(ctx, &pb.RangeRequest{Key: []byte(nextShardKey)})
+		if err != nil {
+			return 0, err
+		}
+		next := uint64(1)
+		for _, s := range m.Shards {
+			next = max(next, s.ID+1)
+		}
+		cmp := &pb.Compare{Key: []byte(nextShardKey), Target: pb.Compare_CREATE, Result: pb.Compare_EQUAL,
+			TargetUnion: &pb.Compare_CreateRevision{CreateRevision: 0}}
+		if len(resp.Kvs) == 1 {
+			n, err := strconv.ParseUint(string(resp.Kvs[0].Value), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("shard: corrupt shard ID counter %q: %w", resp.Kvs[0].Value, err)
+			}
+			next = max(next, n)
+			cmp = &pb.Compare{Key: []byte(nextShardKey), Target: pb.Compare_MOD, Result: pb.Compare_EQUAL,
+				TargetUnion: &pb.Compare_ModRevision{ModRevision: resp.Kvs[0].ModRevision}}
+		}
+		if next >= 1<<15 {
+			return 0, fmt.Errorf("%w: shard IDs exhausted", ErrBadSplit)
+		}
+		tr, err := kvc.Txn(ctx, &pb.TxnRequest{Compare: []*pb.Compare{cmp},
+			Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{
+				Key: []byte(nextShardKey), Value: []byte(strconv.FormatUint(next+1, 10))}}}}})
+		if err != nil {
+			return 0, err
+		}
+		if tr.Succeeded {
+			return next, nil
+		}
+	}
+	return 0, errors.New("shard: allocating a shard ID: too much contention")
+}
+
+// recordSplit makes the map in the meta group show a split that parent
+// applied, if it does not yet (compare-and-swap on the map's revision).
+func (h *Host) recordSplit(ctx context.Context, parent uint64, rec server.SplitRecord) error {
+	kvc, err := h.meta()
+	if err != nil {
+		return err
+	}
+	for range 16 {
+		resp, err := kvc.Range(ctx, &pb.RangeRequest{Key: []byte(mapKey)})
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) == 0 {
+			return errors.New("shard: the meta group holds no map yet")
+		}
+		m, err := DecodeMap(resp.Kvs[0].Value)
+		if err != nil {
+			return err
+		}
+		if _, ok := m.ByID(rec.Child); ok {
+			h.adopt(m)
+			return nil
+		}
+		next, err := m.withSplit(parent, rec)
+		if err != nil {
+			return err
+		}
+		tr, err := kvc.Txn(ctx, &pb.TxnRequest{
+			Compare: []*pb.Compare{{Key: []byte(mapKey), Target: pb.Compare_MOD, Result: pb.Compare_EQUAL,
+				TargetUnion: &pb.Compare_ModRevision{ModRevision: resp.Kvs[0].ModRevision}}},
+			Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(mapKey), Value: next.Encode()}}}},
+		})
+		if err != nil {
+			return err
+		}
+		if tr.Succeeded {
+			h.adopt(next)
+			h.log.Info("shard map updated", "version", next.Version, "split", parent, "child", rec.Child)
+			return nil
+		}
+	}
+	return errors.New("shard: updating the map: too much contention")
+}
+
+// withSplit returns the map with parent cut at rec.Start and rec.Child
+// after it.
+func (m Map) withSplit(parent uint64, rec server.SplitRecord) (Map, error) {
+	i := slices.IndexFunc(m.Shards, func(s Shard) bool { return s.ID == parent })
+	if i < 0 {
+		return Map{}, fmt.Errorf("shard: split of shard %d, which the map does not hold", parent)
+	}
+	p := m.Shards[i]
+	if !bytes.Equal(p.End, rec.End) {
+		return Map{}, fmt.Errorf("shard: split of shard %d ending at %q, but the map says it ends at %q", parent, rec.End, p.End)
+	}
+	var members []string
+	for n := range rec.Members {
+		members = append(members, n)
+	}
+	slices.Sort(members)
+	out := Map{Version: m.Version + 1}
+	out.Shards = append(out.Shards, m.Shards[:i]...)
+	p.End = rec.Start
+	out.Shards = append(out.Shards, p, Shard{ID: rec.Child, Start: rec.Start, End: rec.End, Members: members, Parent: parent})
+	out.Shards = append(out.Shards, m.Shards[i+1:]...)
+	return out, out.Validate()
+}
+
+// adopt routes by m if it is newer than the host's map.
+func (h *Host) adopt(m Map) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if m.Version > h.m.Version {
+		h.m = m
+	}
+}
+
+// onSplit is each local shard's ShardConfig.OnSplit: start this host's
+// member of the child from the state the parent split off.
+func (h *Host) onSplit(st server.SplitState) {
+	if _, ok := st.Members[h.cfg.Name]; !ok {
+		return
+	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		if err := h.startChild(st); err != nil {
+			h.log.Error("starting a split's child shard", "child", st.Child, "err", err)
+		}
+	}()
+}
+
+func (h *Host) startChild(st server.SplitState) error {
+	h.startMu.Lock()
+	defer h.startMu.Unlock()
+	if h.group(st.Child) != nil {
+		return nil
+	}
+	dir := h.groupDir(st.Child)
+	if names, err := os.ReadDir(dir); err == nil && len(names) > 0 {
+		return nil // seeded before a restart: startGroups starts it
+	}
+	book := map[consensus.NodeID]string{}
+	for _, addr := range st.Members {
+		book[consensus.NodeID(server.MemberIDFor(h.cfg.ClusterToken, addr))] = addr
+	}
+	if err := server.SeedDataDir(context.Background(), server.SeedConfig{
+		Store: st.Store, DataDir: dir, ClusterID: h.groupClusterID(st.Child), MemberID: h.MemberID(),
+		Peers: book, Index: st.Index,
+	}); err != nil {
+		return err
+	}
+	s := Shard{ID: st.Child, Start: st.Start, End: st.End}
+	for n := range st.Members {
+		s.Members = append(s.Members, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	return h.startGroupLocked(ctx, st.Child, &s, false)
+}

@@ -1,0 +1,315 @@
+package shard_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ballotdb/ballot/shard"
+	"github.com/ballotdb/ballot/shard/shardtest"
+)
+
+// regIn and regOut are one register operation on one key: a put of a
+// unique value, or a get.
+type regIn struct {
+	key   string
+	put   bool
+	value string
+}
+
+type regOut struct{ value string } // get: "" if absent
+
+// registerModel: independent keys, each absent or holding the last value
+// put. Histories are partitioned per key.
+var registerModel = porcupine.Model{
+	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
+		by := map[string][]porcupine.Operation{}
+		for _, op := range h {
+			k := op.Input.(regIn).key
+			by[k] = append(by[k], op)
+		}
+		var out [][]porcupine.Operation
+		for _, ops := range by {
+			out = append(out, ops)
+		}
+		return out
+	},
+	Init: func() any { return "" },
+	Step: func(state, input, output any) (bool, any) {
+		in := input.(regIn)
+		if in.put {
+			return true, in.value
+		}
+		return output.(regOut).value == state.(string), state
+	},
+	Equal: func(a, b any) bool { return a == b },
+}
+
+// TestRegisterModelCatchesAStaleRead shows the checker bites: a read that
+// returns a value overwritten before the read began is refused.
+func TestRegisterModelCatchesAStaleRead(t *testing.T) {
+	ops := []porcupine.Operation{
+		{ClientId: 0, Input: regIn{key: "k", put: true, value: "1"}, Call: 0, Output: regOut{}, Return: 1},
+		{ClientId: 0, Input: regIn{key: "k", put: true, value: "2"}, Call: 2, Output: regOut{}, Return: 3},
+		{ClientId: 1, Input: regIn{key: "k"}, Call: 4, Output: regOut{value: "1"}, Return: 5},
+	}
+	if porcupine.CheckOperations(registerModel, ops) {
+		t.Fatal("a stale read passed the linearizability check")
+	}
+	ops[2].Output = regOut{value: "2"}
+	if !porcupine.CheckOperations(registerModel, ops) {
+		t.Fatal("a correct history failed the check")
+	}
+}
+
+// history records operations from many goroutines.
+type history struct {
+	mu    sync.Mutex
+	start time.Time
+	ops   []porcupine.Operation
+}
+
+func (h *history) add(client int, in regIn, out regOut, call, ret time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Output: out,
+		Call: call.Sub(h.start).Nanoseconds(), Return: ret.Sub(h.start).Nanoseconds()})
+}
+
+// TestSplitUnderLoad splits a shard twice while clients keep writing and
+// reading through every host, and checks that nothing was lost and no read
+// was stale (porcupine, per key: any failed or timed-out operation fails
+// the test, since its outcome is unknown), that a watch on a moved range
+// goes on without a gap or a repeat, that a lease attached to moved keys
+// still holds them and is revoked everywhere, and that a host with a stale
+// map is corrected without its client seeing an error.
+func TestSplitUnderLoad(t *testing.T) { splitUnderLoad(t, false) }
+
+// TestSplitCheckBites runs the same test on a build whose shards go on
+// serving keys a split moved away: the history must fail the check.
+func TestSplitCheckBites(t *testing.T) {
+	for attempt := 0; attempt < 5; attempt++ {
+		if !splitUnderLoad(t, true) {
+			return // caught
+		}
+	}
+	t.Fatal("five runs of a build without the shard guard passed the linearizability check")
+}
+
+// splitUnderLoad runs the test; with broken, it reports whether the
+// history passed the check instead of failing on it.
+func splitUnderLoad(t *testing.T, broken bool) (linearizable bool) {
+	c := shardtest.NewWith(t, 3, 2, func(cfg *shard.Config) {
+		cfg.MapRefresh = time.Hour
+		cfg.Unsafe.NoShardGuard = broken
+	})
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cli := c.Client("h1")
+
+	// Keys a/0 … a/9 and b/0 … b/9 in shard 1 ("" – "\x80").
+	var keys []string
+	for _, p := range []string{"a/", "b/", "c/"} {
+		for i := 0; i < 6; i++ {
+			keys = append(keys, fmt.Sprintf("%s%d", p, i))
+		}
+	}
+	// A lease whose keys will end up on both sides.
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"a/leased", "c/leased"} {
+		if _, err := cli.Put(ctx, k, "l", clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A watch on a range that the second split moves.
+	wcli := c.Client("h2")
+	watch := wcli.Watch(ctx, "c/1")
+
+	h := &history{start: time.Now()}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var puts sync.Map // value → true, for the watch check
+	for client := 0; client < 6; client++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := c.Client(c.Names()[client%3])
+			rng := rand.New(rand.NewPCG(uint64(client), 7))
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := keys[rng.IntN(len(keys))]
+				call := time.Now()
+				if rng.IntN(2) == 0 {
+					v := fmt.Sprintf("%d.%d", client, n)
+					_, err := cl.Put(ctx, k, v)
+					if err != nil {
+						t.Errorf("put %s: %v (an unknown outcome fails the check)", k, err)
+						return
+					}
+					if k == "c/1" {
+						puts.Store(v, true)
+					}
+					h.add(client, regIn{key: k, put: true, value: v}, regOut{}, call, time.Now())
+				} else {
+					r, err := cl.Get(ctx, k)
+					if err != nil {
+						t.Errorf("get %s: %v", k, err)
+						return
+					}
+					out := regOut{}
+					if len(r.Kvs) == 1 {
+						out.value = string(r.Kvs[0].Value)
+					}
+					h.add(client, regIn{key: k}, out, call, time.Now())
+				}
+			}
+		}()
+	}
+	waitOps := func(n int) {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			h.mu.Lock()
+			got := len(h.ops)
+			h.mu.Unlock()
+			if got >= n || time.Now().After(deadline) || t.Failed() {
+				return
+			}
+			select {
+			case <-time.After(10 * time.Millisecond):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+	waitOps(200)
+	before := c.Host("h3").Map().Version
+	m, err := c.Host("h1").Split(ctx, 1, []byte("b/3")) // moved back to "b/"
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Shards) != 3 || string(m.Shards[1].Start) != "b/" {
+		t.Fatalf("after the first split: %+v", m.Shards)
+	}
+	child := m.Shards[1].ID
+	waitOps(400)
+	m, err = c.Host("h2").Split(ctx, child, []byte("c/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Shards) != 4 {
+		t.Fatalf("after the second split: %+v", m.Shards)
+	}
+	waitOps(600)
+	close(stop)
+	wg.Wait()
+	if t.Failed() {
+		return false
+	}
+
+	// The history is linearizable, key by key.
+	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 30*time.Second)
+	if broken {
+		t.Logf("broken build: %d operations, %v", len(h.ops), res)
+		return res == porcupine.Ok
+	}
+	if res != porcupine.Ok {
+		t.Fatalf("history of %d operations is not linearizable (%v); see %s", len(h.ops), res, visualize(t, info))
+	}
+	t.Logf("%d operations, linearizable, across two splits", len(h.ops))
+
+	// Host h3 never re-read the map on its own (MapRefresh is an hour): its
+	// client's reads of moved keys corrected it.
+	r, err := c.Client("h3").Get(ctx, "c/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatalf("read through a host with a stale map: %v", err)
+	}
+	if got := c.Host("h3").Map().Version; got <= before || len(r.Kvs) == 0 {
+		t.Fatalf("h3's map version %d (was %d), %d keys", got, before, len(r.Kvs))
+	}
+
+	// The watch on c/1 saw every acknowledged put exactly once, in order.
+	var seen []string
+	var last int64
+	want := 0
+	puts.Range(func(_, _ any) bool { want++; return true })
+	for len(seen) < want {
+		select {
+		case wr := <-watch:
+			if err := wr.Err(); err != nil {
+				t.Fatalf("the watch on a moved key ended: %v", err)
+			}
+			for _, ev := range wr.Events {
+				if ev.Kv.ModRevision <= last {
+					t.Fatalf("watch repeated or reordered: revision %d after %d", ev.Kv.ModRevision, last)
+				}
+				last = ev.Kv.ModRevision
+				seen = append(seen, string(ev.Kv.Value))
+			}
+		case <-ctx.Done():
+			t.Fatalf("the watch saw %d of %d puts", len(seen), want)
+		}
+	}
+	for _, v := range seen {
+		if _, ok := puts.Load(v); !ok {
+			t.Fatalf("the watch saw a value nobody put: %q", v)
+		}
+	}
+
+	// The lease holds its keys in both shards, and goes everywhere.
+	ttl, err := cli.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var attached []string
+	for _, k := range ttl.Keys {
+		attached = append(attached, string(k))
+	}
+	sort.Strings(attached)
+	if strings.Join(attached, ",") != "a/leased,c/leased" {
+		t.Fatalf("lease keys after the splits: %v", attached)
+	}
+	if _, err := cli.KeepAliveOnce(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"a/leased", "c/leased"} {
+		if r, err := cli.Get(ctx, k); err != nil || r.Count != 0 {
+			t.Fatalf("%s after revoking its lease: %v %v", k, r, err)
+		}
+	}
+	// Every key is in the shard the map says.
+	all, err := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all.Count == 0 {
+		t.Fatal("no keys after the splits")
+	}
+	return true
+}
+
+func visualize(t *testing.T, info porcupine.LinearizationInfo) string {
+	path := t.TempDir() + "/history.html"
+	if err := porcupine.VisualizePath(registerModel, info, path); err != nil {
+		return err.Error()
+	}
+	return path
+}
