@@ -67,10 +67,11 @@ const (
 	WorkloadWatch    = "watch"    // no gap, repeat or reordering; replay gives the final state
 	WorkloadLease    = "lease"    // leases expire when and only when their holders stop keeping them alive
 	WorkloadLock     = "lock"     // recipes/lock: fenced increments are never lost, tokens never go down
+	WorkloadElection = "election" // recipes/election: leaders' fenced writes never go back a term; leadership returns after faults
 )
 
 // AllWorkloads lists every workload, all run by default.
-var AllWorkloads = []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease, WorkloadLock}
+var AllWorkloads = []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease, WorkloadLock, WorkloadElection}
 
 // Report is the outcome of a run.
 type Report struct {
@@ -82,6 +83,7 @@ type Report struct {
 	WatchEvents                int
 	Lease                      leaseStats
 	Lock                       string   // the lock workload's summary line, if it ran
+	Election                   string   // the election workload's summary line, if it ran
 	Skipped                    []string // nemeses that could not run here, and why
 	Faults                     map[string]int
 	Schedule                   []string
@@ -109,6 +111,9 @@ func (r *Report) Summary() string {
 		l.Granted, l.Kept, l.Abandoned, l.Unknown, l.KeepAlivesOK, l.Expired, l.LostUnderFaults, l.MaxLate.Round(time.Millisecond))
 	if r.Lock != "" {
 		fmt.Fprintln(&b, r.Lock)
+	}
+	if r.Election != "" {
+		fmt.Fprintln(&b, r.Election)
 	}
 	if r.NoSpace > 0 {
 		fmt.Fprintf(&b, "disk full: %d client calls refused with \"database space exceeded\"\n", r.NoSpace)
@@ -315,6 +320,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if has(WorkloadLock) {
 		lockW = &lockWorkload{}
 	}
+	// Candidates campaign past the run, until leadership has been seen to
+	// return after the heal (electionCtx).
+	var electionW *electionWorkload
+	electionCtx, electionStop := context.WithCancel(ctx)
+	defer electionStop()
+	var ewg sync.WaitGroup
+	if has(WorkloadElection) {
+		electionW = &electionWorkload{}
+	}
 	for i := range o.Nodes {
 		cli, err := newClient([]string{c.client(i)})
 		if err != nil {
@@ -344,6 +358,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			clients = append(clients, kc)
 			wg.Add(1)
 			go func() { defer wg.Done(); lockW.holder(runCtx, kc, opTimeout) }()
+		}
+		if electionW != nil {
+			ec, err := newClient([]string{c.client(i)})
+			if err != nil {
+				return nil, err
+			}
+			clients = append(clients, ec)
+			ewg.Add(1)
+			go func() { defer ewg.Done(); electionW.candidate(electionCtx, i, ec, opTimeout) }()
 		}
 		if lw != nil {
 			lc, err := newClient([]string{c.client(i)}) // pinned: faults show
@@ -391,6 +414,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := c.healAll(); err != nil {
 		return nil, err
 	}
+	// Leadership must come back within a bound of the heal; waited for
+	// beside the lease settling below.
+	regained := make(chan struct{})
+	if electionW != nil {
+		healTime := time.Now()
+		go func() { defer close(regained); electionW.awaitRegained(ctx, healTime) }()
+	} else {
+		close(regained)
+	}
 	hctx, hcancel = context.WithTimeout(ctx, 60*time.Second)
 	defer hcancel()
 	if err := c.waitHealthy(hctx); err != nil {
@@ -422,6 +454,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if err := lw.writeHistories(filepath.Join(o.Dir, "leases.txt")); err != nil {
 			o.Logf("%v", err)
 		}
+	}
+	<-regained
+	electionStop()
+	ewg.Wait()
+	if electionW != nil {
+		ectx, ecancel := context.WithTimeout(hctx, 20*time.Second)
+		rep.Violations = append(rep.Violations, electionW.check(ectx, final)...)
+		ecancel()
+		rep.Election = electionW.summary()
 	}
 	if lockW != nil {
 		kctx, kcancel := context.WithTimeout(hctx, 10*time.Second)
