@@ -383,7 +383,9 @@ func (h *handler) memberEvents(w http.ResponseWriter, r *http.Request) {
 
 // events streams the local tap as server-sent events: the recent timeline
 // first, then events as they come, with a comment every 15 s so proxies
-// keep the connection.
+// keep the connection. The application events (appevents.go) come in the
+// same stream: the recent ones after the timeline, then as they are
+// applied.
 func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	tap := h.cfg.Local.Tap
 	if tap == nil {
@@ -401,6 +403,7 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer tap.unsubscribe(sub)
+	apps := openAppFeed(r.Context(), h.cfg.Local.Server, h.cfg.Logger)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
@@ -419,6 +422,9 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if apps.writeInitial(w) != nil {
+		return
+	}
 	fl.Flush()
 	ping := time.NewTicker(15 * time.Second)
 	defer ping.Stop()
@@ -428,6 +434,11 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-ping.C:
 			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		case evs, ok := <-apps.events():
+			if apps.write(w, evs, ok) != nil {
 				return
 			}
 			fl.Flush()

@@ -10,6 +10,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/ballotdb/ballot/server"
 )
 
 // TestKitchen runs the whole story against a cluster the example starts
@@ -22,7 +28,13 @@ func TestKitchen(t *testing.T) {
 	events := filepath.Join(t.TempDir(), "events.jsonl")
 	var out strings.Builder
 	start := time.Now()
-	if err := run(ctx, config{eventsPath: events, ttlSeconds: 2, out: &out}); err != nil {
+	var published []*mvccpb.KeyValue
+	inspect := func(ctx context.Context, eps []string) error {
+		var err error
+		published, err = readPublished(ctx, eps)
+		return err
+	}
+	if err := run(ctx, config{eventsPath: events, ttlSeconds: 2, out: &out, inspect: inspect}); err != nil {
 		t.Fatalf("run: %v\nnarration:\n%s", err, out.String())
 	}
 	if took := time.Since(start); took > bound {
@@ -129,6 +141,56 @@ func TestKitchen(t *testing.T) {
 	}
 	if len(byKind["done"]) != 1 {
 		t.Errorf("the story did not finish: %v", evs[len(evs)-1])
+	}
+
+	checkPublished(t, evs, published)
+}
+
+// readPublished reads what the kitchen wrote for the dashboard.
+func readPublished(ctx context.Context, eps []string) ([]*mvccpb.KeyValue, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	r, err := cli.Get(ctx, server.AppEventsPrefix+appName+"/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	return r.Kvs, nil
+}
+
+// checkPublished: every event of the log is also in the cluster under the
+// dashboard's prefix, in the same order (keys in order of writing), with
+// the same kind, message and time, each on the run's lease.
+func checkPublished(t *testing.T, evs []map[string]any, kvs []*mvccpb.KeyValue) {
+	t.Helper()
+	if len(kvs) != len(evs) {
+		t.Fatalf("%d events under %s, %d in the event log", len(kvs), server.AppEventsPrefix+appName+"/", len(evs))
+	}
+	lease := kvs[0].Lease
+	if lease == 0 {
+		t.Errorf("event %s has no lease: events would pile up", kvs[0].Key)
+	}
+	for i, kv := range kvs {
+		if i > 0 && kv.ModRevision <= kvs[i-1].ModRevision {
+			t.Errorf("%s written at revision %d, not after %s at %d", kv.Key, kv.ModRevision, kvs[i-1].Key, kvs[i-1].ModRevision)
+		}
+		if kv.Lease != lease {
+			t.Errorf("%s on lease %x, the run's first event on %x", kv.Key, kv.Lease, lease)
+		}
+		if len(kv.Value) > eventBytesMax {
+			t.Errorf("%s holds %d bytes, over %d", kv.Key, len(kv.Value), eventBytesMax)
+		}
+		var got map[string]any
+		if err := json.Unmarshal(kv.Value, &got); err != nil {
+			t.Fatalf("%s: %q: %v", kv.Key, kv.Value, err)
+		}
+		for _, f := range []string{"event", "msg", "time"} {
+			if got[f] != evs[i][f] {
+				t.Errorf("%s: %s %v, the event log's line %d has %v", kv.Key, f, got[f], i+1, evs[i][f])
+			}
+		}
 	}
 }
 

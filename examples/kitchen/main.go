@@ -29,6 +29,19 @@
 // language and writes the same events as JSON lines with --events (one
 // object per line: time, event, msg and the event's fields).
 //
+// The same events go on the dashboard: each is also written into the
+// cluster at ballot/events/kitchen/LEASE/SEQ (server.AppEventsPrefix, the
+// prefix the dashboard reserves for applications' events), the same JSON
+// object as a value, all on one lease of ten minutes that is never renewed,
+// so they go away on their own; a run writes at most 1000 events of at
+// most 4 KiB. Run it against `ballot dev` and the story shows in the
+// dashboard's "Application events" panel as it happens:
+//
+//	go run ./cmd/ballot dev &     # dashboard: http://127.0.0.1:2390/
+//	go run ./examples/kitchen --endpoints 127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379
+//
+// --publish-events=false keeps them out of the cluster.
+//
 // Started without --endpoints, it runs three ballot members in this
 // process (package server), on loopback ports the OS chooses, with their
 // data in a temporary directory that is removed at exit.
@@ -52,6 +65,12 @@ type config struct {
 	eventsPath string
 	ttlSeconds int
 	out        io.Writer
+	// noPublish keeps the events out of the cluster (and off the
+	// dashboard).
+	noPublish bool
+	// inspect, if set, is called with the cluster's endpoints once the
+	// story is over, before a cluster this run started stops (tests).
+	inspect func(ctx context.Context, endpoints []string) error
 }
 
 func main() {
@@ -60,7 +79,9 @@ func main() {
 	flag.StringVar(&eps, "endpoints", "", "client endpoints of a ballot (or etcd) cluster, comma-separated (default: start a 3-member cluster in this process)")
 	flag.StringVar(&events, "events", "", "also write every event as a JSON line to this file")
 	flag.IntVar(&cfg.ttlSeconds, "ttl", 2, "lease TTL of the chefs, in seconds: how long a collapsed head chef keeps the title")
+	publish := flag.Bool("publish-events", true, "also write every event into the cluster under ballot/events/kitchen/, where the dashboard shows it")
 	flag.Parse()
+	cfg.noPublish = !*publish
 	if eps != "" {
 		cfg.endpoints = strings.Split(eps, ",")
 	}
@@ -88,6 +109,16 @@ func run(ctx context.Context, cfg config) error {
 		}
 		defer cl.stop()
 		eps = cl.endpoints
+	}
+	if !cfg.noPublish {
+		pub, err := newPublisher(ctx, eps)
+		if err != nil {
+			return err
+		}
+		defer pub.close()
+		nar.attach(pub)
+	}
+	if len(cfg.endpoints) == 0 {
 		nar.say("cluster", map[string]any{"endpoints": eps}, "The kitchen opens: a 3-member ballot cluster is up (%s).", strings.ReplaceAll(strings.Join(eps, ", "), "http://", ""))
 	} else {
 		nar.say("cluster", map[string]any{"endpoints": eps}, "The kitchen opens on the ballot cluster at %s.", strings.Join(eps, ", "))
@@ -110,6 +141,9 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 	nar.say("done", nil, "Service is over. Every chef agreed on who led, what to cook, and whether to cook it.")
+	if cfg.inspect != nil {
+		return cfg.inspect(ctx, eps)
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package browsertest
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,10 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/ballotdb/ballot/server"
 )
 
 // findChromium returns a Chromium (or Chrome) binary, or "".
@@ -45,9 +50,9 @@ func artifactDir(t *testing.T) string {
 }
 
 // startDev builds ballot and starts `ballot dev` on ports the OS chose,
-// returning the dashboard URL. The cluster is stopped (SIGINT, as Ctrl-C)
-// when the test ends.
-func startDev(t *testing.T) string {
+// returning the dashboard URL and the client endpoints. The cluster is
+// stopped (SIGINT, as Ctrl-C) when the test ends.
+func startDev(t *testing.T) (string, []string) {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "ballot")
@@ -68,11 +73,16 @@ func startDev(t *testing.T) string {
 	}
 	exited := make(chan struct{})
 	urlc := make(chan string, 1)
+	epc := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if u, ok := strings.CutPrefix(sc.Text(), "dashboard: "); ok {
 				urlc <- strings.TrimSpace(u)
+			}
+			if e, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "etcdctl --endpoints="); ok && strings.HasSuffix(e, " put greeting hello") {
+				eps, _, _ := strings.Cut(e, " ")
+				epc <- strings.Split(eps, ",")
 			}
 		}
 		io.Copy(io.Discard, stdout)
@@ -94,15 +104,48 @@ func startDev(t *testing.T) string {
 			}
 		}
 	})
+	var u string
 	select {
-	case u := <-urlc:
-		return u
+	case u = <-urlc:
 	case <-exited:
 		t.Fatalf("ballot dev exited before printing the dashboard URL:\n%s", stderr.String())
 	case <-time.After(60 * time.Second):
 		t.Fatalf("ballot dev printed no dashboard URL within 60s:\n%s", stderr.String())
 	}
-	return ""
+	select {
+	case eps := <-epc:
+		return u, eps
+	case <-exited:
+		t.Fatalf("ballot dev exited before printing its client endpoints:\n%s", stderr.String())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("ballot dev printed no client endpoints within 10s of the dashboard URL:\n%s", stderr.String())
+	}
+	return "", nil
+}
+
+// publishKitchenEvent writes one event as examples/kitchen does, under the
+// dashboard's application-events prefix, on a short lease.
+func publishKitchenEvent(t *testing.T, eps []string, msg string) {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := cli.Grant(ctx, 600)
+	if err != nil {
+		t.Fatalf("grant the events' lease: %v", err)
+	}
+	val, err := json.Marshal(map[string]any{"time": time.Now().UTC().Format(time.RFC3339Nano), "event": "elected", "msg": msg, "chef": "Alice", "token": 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf("%skitchen/%x/%06d", server.AppEventsPrefix, int64(l.ID), 0)
+	if _, err := cli.Put(ctx, key, string(val), clientv3.WithLease(l.ID)); err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
 }
 
 type lockedWriter struct {
@@ -138,7 +181,7 @@ func TestDashboard(t *testing.T) {
 		}
 		t.Skip("!!!!!!!! SKIPPED: NO CHROMIUM BINARY FOUND (apt-get install -y chromium): THE DASHBOARD BROWSER TEST DID NOT RUN !!!!!!!!")
 	}
-	url := startDev(t)
+	url, eps := startDev(t)
 	t.Logf("dashboard at %s, browser %s", url, chromium)
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -209,6 +252,12 @@ func TestDashboard(t *testing.T) {
 	leaders := `document.querySelectorAll('#cluster tbody tr[data-role="leader"]')`
 	poll("three members and one leader", rows+`.length === 3 && `+leaders+`.length === 1`, 30*time.Second)
 	poll("live messages", `document.querySelector('#flowstats').textContent.includes('showing')`, 20*time.Second)
+	// An application's event (as examples/kitchen writes them) in the
+	// application events panel, once, although every member streams it.
+	const story = "Alice is head chef (token 7)."
+	publishKitchenEvent(t, eps, story)
+	poll("the kitchen's event in the application events panel", fmt.Sprintf(
+		`Array.from(document.querySelectorAll('#appevents li[data-app="kitchen"][data-event="elected"]')).filter(li => li.textContent.includes(%q)).length === 1`, story), 20*time.Second)
 	poll("the dev controls", `!document.querySelector('#devbar').hidden && document.querySelectorAll('button[data-action="stop"]').length === 3`, 10*time.Second)
 
 	// A write load, to fill the logs.

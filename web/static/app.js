@@ -10,6 +10,7 @@
   const DOT_MS = 650;        // one message's travel time
   const MAX_TIMELINE = 200;
   const MAX_SEEN = 4000;
+  const MAX_APP = 100;       // application events kept on the page
 
   const COLORS = {
     MsgApp: '#2b7bd6', MsgAppResp: '#8dbbec',
@@ -30,6 +31,7 @@
   const st = {
     members: [], byId: {}, pos: {}, dev: false, partitioned: [], streams: {},
     prevUp: {}, prevAlarms: {}, dots: [], shown: 0, skipped: 0, seen: new Set(), timeline: [],
+    app: [], appSeen: new Set(), appSkipped: 0,
   };
   const $ = (s) => document.querySelector(s);
   const SVG = 'http://www.w3.org/2000/svg';
@@ -116,6 +118,7 @@
       try { ev = JSON.parse(e.data); } catch (_) { return; }
       if (ev.kind === 'msg') onMessage(ev);
       else if (ev.kind === 'timeline') addTimeline(name, ev);
+      else if (ev.kind === 'app') addAppEvent(ev);
     };
     es.onerror = () => {
       // Closed here, opened again by the next poll that finds the member up.
@@ -148,6 +151,28 @@
         el('time', {}, new Date(ev.at).toLocaleTimeString()),
         el('span', { class: 'who' }, name),
         ev.detail)));
+  }
+
+  // ---- application events ----
+
+  // Every member's stream carries the same application events (they are
+  // keys in the replicated store): one is shown once, by key and revision.
+  function addAppEvent(ev) {
+    const id = ev.key + '@' + ev.rev;
+    st.appSkipped += ev.skipped || 0;
+    if (st.appSeen.has(id)) return;
+    if (st.appSeen.size > MAX_SEEN) st.appSeen.clear();
+    st.appSeen.add(id);
+    st.app.push(ev);
+    st.app.sort((a, b) => a.rev - b.rev);
+    if (st.app.length > MAX_APP) st.app.splice(0, st.app.length - MAX_APP);
+    $('#appstats').textContent = st.app.length + ' shown' + (st.appSkipped ? ', ' + st.appSkipped + ' skipped by the rate limit' : '');
+    $('#appevents').replaceChildren(...st.app.slice().reverse().map((e) =>
+      el('li', { 'data-app': e.app, 'data-event': e.event || '' },
+        el('time', {}, new Date(e.at).toLocaleTimeString()),
+        el('span', { class: 'who' }, e.app),
+        e.event ? el('span', { class: 'kind' }, e.event) : '',
+        e.msg)));
   }
 
   // ---- table ----
