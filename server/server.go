@@ -90,6 +90,12 @@ type Config struct {
 	// receives through the transport it returns (a host of many shards
 	// passes its transport.Mux's per-group view; see shard/).
 	NewTransport func(h transport.Handler) (transport.Transport, error)
+	// GroupTag, when set, is sent as the gRPC metadata ballot-group on
+	// every call this member makes to another member (forwarding to the
+	// leader, consistency checks): members of a sharded host share one
+	// client URL, the host's router, which hands such a call to its own
+	// member of that group (see shard/).
+	GroupTag string
 	// Shard, when set, makes this server one shard of a sharded keyspace
 	// (see shard.go and docs/sharding.md). Nil: the whole keyspace.
 	Shard *ShardConfig
@@ -434,13 +440,30 @@ func (s *Server) requestContext(ctx context.Context) (context.Context, context.C
 // proposeRetry proposes cmd, waiting out a missing leader (an election)
 // within ctx: nothing was submitted when the node says it has no leader.
 func (s *Server) proposeRetry(ctx context.Context, cmd []byte) ([]byte, error) {
+	backoff := 5 * time.Millisecond
 	for {
 		out, err := s.node.Propose(ctx, cmd)
-		if err == nil || !errors.Is(err, node.ErrNotLeader) {
+		switch {
+		case err == nil:
+			return out, nil
+		case errors.Is(err, node.ErrNotLeader):
+			if werr := s.waitLeader(ctx); werr != nil {
+				return nil, err
+			}
+		case errors.Is(err, consensus.ErrProposalDropped):
+			// The engine refused it before it reached the log (a
+			// leadership transfer under way, too much uncommitted):
+			// trying again cannot apply it twice.
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, err
+			case <-t.C:
+			}
+			backoff = min(2*backoff, 200*time.Millisecond)
+		default:
 			return out, err
-		}
-		if werr := s.waitLeader(ctx); werr != nil {
-			return nil, err
 		}
 	}
 }
