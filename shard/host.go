@@ -10,11 +10,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -47,6 +47,9 @@ type Config struct {
 	InitialCluster map[string]string
 	// Shards is how many shards a new cluster starts with (see Initial).
 	Shards int
+	// Replicas is how many hosts keep each shard; default 3 (all hosts if
+	// fewer). Every host keeps the meta group.
+	Replicas int
 	// Engine is the consensus engine of every group.
 	Engine node.EngineKind
 
@@ -87,7 +90,12 @@ type Host struct {
 	m  Map
 	gs map[uint64]*group
 
-	startMu sync.Mutex // serializes starting groups
+	startMu sync.Mutex                  // serializes starting groups
+	remotes map[string]*grpc.ClientConn // other hosts' routers, by name (under mu)
+
+	failOnce sync.Once
+	failc    chan struct{} // closed when a group stopped on its own
+	failErr  error
 
 	stopOnce sync.Once
 	stopc    chan struct{}
@@ -101,6 +109,10 @@ type group struct {
 	srv  *server.Server
 	lis  *bufconn.Listener
 	conn *grpc.ClientConn
+	// drained: the router sends this member no new requests (it is about
+	// to be removed by a move); inflight counts unary calls under way.
+	drained  atomic.Bool
+	inflight atomic.Int64
 }
 
 // memBuffer is the in-memory connection's buffer per direction.
@@ -133,7 +145,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	for name := range cfg.InitialCluster {
 		hosts = append(hosts, name)
 	}
-	initial, err := Initial(cfg.Shards, hosts)
+	initial, err := Initial(cfg.Shards, hosts, cmp.Or(cfg.Replicas, 3))
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +158,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 		return nil, err
 	}
 	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial,
-		gs: map[uint64]*group{}, stopc: make(chan struct{})}
+		gs: map[uint64]*group{}, remotes: map[string]*grpc.ClientConn{}, stopc: make(chan struct{}), failc: make(chan struct{})}
 	if err := h.startGroup(ctx, MetaGroup, nil, false); err != nil {
 		h.Stop()
 		return nil, err
@@ -160,7 +172,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 		grpc.MaxSendMsgSize(1<<31-1),
 		grpc.MaxConcurrentStreams(1<<16),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(modeUnary), grpc.ChainStreamInterceptor(modeStream),
+		grpc.ChainUnaryInterceptor(modeUnary, h.groupUnary), grpc.ChainStreamInterceptor(modeStream, h.groupStream),
 	)
 	r := &router{h: h}
 	pb.RegisterKVServer(h.grpc, &kvRouter{r: r})
@@ -198,7 +210,9 @@ func (h *Host) groupClusterID(id uint64) uint64 {
 func (h *Host) startLocalShards(ctx context.Context, initial Map) error {
 	want := map[uint64]*Shard{}
 	for _, s := range initial.Shards {
-		want[s.ID] = &s
+		if contains(s.Members, h.cfg.Name) {
+			want[s.ID] = &s
+		}
 	}
 	dirs, err := os.ReadDir(filepath.Join(h.cfg.DataDir, "shards"))
 	if err != nil && !os.IsNotExist(err) {
@@ -273,7 +287,7 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 		AdvertiseClientURLs: h.cfg.AdvertiseClientURLs,
 		DataDir:             dir, ClientListener: lis,
 		NewTransport: func(th transport.Handler) (transport.Transport, error) { return h.mux.Group(cid, th) },
-		Shard:        sc,
+		Shard:        sc, GroupTag: strconv.FormatUint(id, 10),
 		TickInterval: h.cfg.TickInterval, ElectionTicks: h.cfg.ElectionTicks, SnapshotEntries: h.cfg.SnapshotEntries,
 		Seed: seedFor(h.cfg.Seed, id), Logger: log, Unsafe: h.cfg.Unsafe,
 	}
@@ -284,18 +298,27 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 	if err != nil {
 		return fmt.Errorf("shard: group %d: %w", id, err)
 	}
+	g := &group{id: id, srv: srv, lis: lis}
 	conn, err := grpc.NewClient("passthrough:///group-"+strconv.FormatUint(id, 10),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1), grpc.MaxCallSendMsgSize(1<<31-1)),
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, inv grpc.UnaryInvoker, o ...grpc.CallOption) error {
+			g.inflight.Add(1)
+			defer g.inflight.Add(-1)
+			return inv(ctx, method, req, reply, cc, o...)
+		}),
 	)
 	if err != nil {
 		srv.Stop()
 		return fmt.Errorf("shard: group %d: %w", id, err)
 	}
+	g.conn = conn
 	h.mu.Lock()
-	h.gs[id] = &group{id: id, srv: srv, lis: lis, conn: conn}
+	h.gs[id] = g
 	h.mu.Unlock()
+	h.wg.Add(1)
+	go h.watchGroup(g)
 	return nil
 }
 
@@ -372,6 +395,7 @@ func (h *Host) keepMap() {
 		if stored {
 			if h.refreshMap(ctx) == nil {
 				h.reconcile(ctx)
+				h.balance(ctx)
 			}
 		}
 		cancel()
@@ -478,6 +502,51 @@ func (h *Host) reconcile(ctx context.Context) {
 	}
 }
 
+// balance spreads shard leadership over the hosts: a host that leads more
+// shards than its share (the number of shards over the number of hosts,
+// rounded up) hands one, per round, to a member host that leads fewer than
+// its share, as far as this host can see from the groups it keeps.
+func (h *Host) balance(ctx context.Context) {
+	m := h.Map()
+	share := (len(m.Shards) + len(h.cfg.InitialCluster) - 1) / len(h.cfg.InitialCluster)
+	self := consensus.NodeID(h.MemberID())
+	leads := map[consensus.NodeID]int{}
+	var mine []*group
+	for _, g := range h.groups() {
+		if g.id == MetaGroup {
+			continue
+		}
+		lead := g.srv.Node().Leader()
+		if lead == consensus.None {
+			continue
+		}
+		leads[lead]++
+		if lead == self {
+			mine = append(mine, g)
+		}
+	}
+	if len(mine) <= share {
+		return
+	}
+	for _, g := range mine {
+		st := g.srv.Node().Status()
+		best, bestN := consensus.None, share
+		for _, v := range st.ConfState.Voters {
+			if v != self && leads[v] < bestN {
+				best, bestN = v, leads[v]
+			}
+		}
+		if best == consensus.None {
+			continue
+		}
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := g.srv.Node().TransferLeadership(tctx, best)
+		cancel()
+		h.log.Info("balancing shard leaders", "shard", g.id, "to", fmt.Sprintf("%x", uint64(best)), "led", len(mine), "share", share, "err", err)
+		return
+	}
+}
+
 // Stop stops the router, every group and the transport. Idempotent.
 func (h *Host) Stop() {
 	h.stopOnce.Do(func() {
@@ -491,7 +560,6 @@ func (h *Host) Stop() {
 				h.grpc.Stop()
 			}
 		}
-		h.wg.Wait()
 		var wg sync.WaitGroup
 		for _, g := range h.groups() {
 			wg.Add(1)
@@ -502,22 +570,26 @@ func (h *Host) Stop() {
 			}()
 		}
 		wg.Wait()
+		h.wg.Wait()
+		h.mu.Lock()
+		for _, c := range h.remotes {
+			c.Close()
+		}
+		h.mu.Unlock()
 		h.mux.Close()
 	})
 }
 
-// Done is closed once any group has stopped, by Stop or on its own (a
-// host missing a group is not whole: it should stop and be restarted).
+// Done is closed when the host stops, or when one of its groups stopped on
+// its own (a host missing a group is not whole: it should stop and be
+// restarted); a member removed from its shard by a move is dropped instead.
 func (h *Host) Done() <-chan struct{} {
 	done := make(chan struct{})
-	gs := h.groups()
 	go func() {
-		cases := make([]reflect.SelectCase, 0, len(gs)+1)
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(h.stopc)})
-		for _, g := range gs {
-			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(g.srv.Done())})
+		select {
+		case <-h.stopc:
+		case <-h.failc:
 		}
-		reflect.Select(cases)
 		close(done)
 	}()
 	return done
@@ -525,11 +597,10 @@ func (h *Host) Done() <-chan struct{} {
 
 // Err is why a group stopped on its own, or nil.
 func (h *Host) Err() error {
-	var errs []error
-	for _, g := range h.groups() {
-		if err := g.srv.Err(); err != nil {
-			errs = append(errs, fmt.Errorf("group %d: %w", g.id, err))
-		}
+	select {
+	case <-h.failc:
+		return h.failErr
+	default:
+		return nil
 	}
-	return errors.Join(errs...)
 }

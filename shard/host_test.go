@@ -273,3 +273,23 @@ func TestShardListAndMode(t *testing.T) {
 		t.Fatalf("mode header %q, want sharded", got)
 	}
 }
+
+// TestLeadersSpread: with six shards on three hosts, every host ends up
+// leading two of them.
+func TestLeadersSpread(t *testing.T) {
+	c := shardtest.NewWith(t, 3, 6, func(cfg *shard.Config) { cfg.MapRefresh = 100 * time.Millisecond })
+	c.WaitLeaders(20 * time.Second)
+	waitFor(t, 30*time.Second, "every host to lead two shards", func() bool {
+		leads := map[uint64]int{}
+		h := c.Host("h1")
+		for _, s := range h.Map().Shards {
+			leads[uint64(h.Server(s.ID).Node().Leader())]++
+		}
+		for _, name := range c.Names() {
+			if leads[c.Host(name).MemberID()] != 2 {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -40,16 +40,29 @@ type Map struct {
 }
 
 // Initial is the map a cluster starts with: n shards whose boundaries
-// divide the first byte of the key evenly, all kept by every host. It is
+// divide the first byte of the key evenly, each kept by replicas hosts
+// (all of them if fewer), placed round-robin over the hosts in name order
+// so that shards — and hence their leaders — spread evenly. It is
 // deterministic, so every host agrees on it before the meta group has it.
-func Initial(n int, hosts []string) (Map, error) {
+func Initial(n int, hosts []string, replicas int) (Map, error) {
 	if n < 1 || n > 256 {
 		return Map{}, fmt.Errorf("shard: %d shards: want 1 to 256 at start (split for more)", n)
 	}
-	members := append([]string(nil), hosts...)
-	sort.Strings(members)
+	if len(hosts) == 0 {
+		return Map{}, errors.New("shard: no hosts")
+	}
+	sorted := append([]string(nil), hosts...)
+	sort.Strings(sorted)
+	if replicas <= 0 || replicas > len(sorted) {
+		replicas = len(sorted)
+	}
 	m := Map{Version: 1}
 	for i := 0; i < n; i++ {
+		var members []string
+		for j := 0; j < replicas; j++ {
+			members = append(members, sorted[(i+j)%len(sorted)])
+		}
+		sort.Strings(members)
 		s := Shard{ID: uint64(i + 1), Members: members}
 		if i > 0 {
 			s.Start = []byte{byte(i * 256 / n)}

@@ -3,12 +3,13 @@ package shard
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 )
 
 func TestInitialCoversTheKeyspace(t *testing.T) {
 	for _, n := range []int{1, 2, 3, 4, 7, 256} {
-		m, err := Initial(n, []string{"b", "a"})
+		m, err := Initial(n, []string{"b", "a"}, 3)
 		if err != nil {
 			t.Fatalf("Initial(%d): %v", n, err)
 		}
@@ -28,14 +29,36 @@ func TestInitialCoversTheKeyspace(t *testing.T) {
 		}
 	}
 	for _, n := range []int{0, -1, 257} {
-		if _, err := Initial(n, []string{"a"}); err == nil {
+		if _, err := Initial(n, []string{"a"}, 3); err == nil {
 			t.Fatalf("Initial(%d) accepted", n)
 		}
 	}
 }
 
+func TestInitialPlacesReplicasRoundRobin(t *testing.T) {
+	m, err := Initial(4, []string{"h3", "h1", "h4", "h2"}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"h1,h2,h3", "h2,h3,h4", "h1,h3,h4", "h1,h2,h4"}
+	count := map[string]int{}
+	for i, s := range m.Shards {
+		if got := fmt.Sprint(strings.Join(s.Members, ",")); got != want[i] {
+			t.Fatalf("shard %d members %s, want %s", s.ID, got, want[i])
+		}
+		for _, h := range s.Members {
+			count[h]++
+		}
+	}
+	for h, n := range count {
+		if n != 3 {
+			t.Fatalf("host %s keeps %d shards, want 3 each", h, n)
+		}
+	}
+}
+
 func TestValidateRefusesGapsAndOverlaps(t *testing.T) {
-	good, _ := Initial(3, []string{"a"})
+	good, _ := Initial(3, []string{"a"}, 3)
 	bad := func(name string, f func(m *Map)) {
 		m := Map{Version: good.Version, Shards: append([]Shard(nil), good.Shards...)}
 		f(&m)
@@ -66,7 +89,7 @@ func TestValidateRefusesGapsAndOverlaps(t *testing.T) {
 // every request range, the parts are in key order, each within its shard,
 // and together they hold exactly the keys of the request.
 func TestSplitPartsAreExact(t *testing.T) {
-	m, _ := Initial(4, []string{"a"})
+	m, _ := Initial(4, []string{"a"}, 3)
 	keys := [][]byte{nil, {0}, {0x3f}, {0x40}, {0x40, 1}, {0x7f, 0xff}, {0x80}, {0xbf}, {0xc0}, {0xff}, {0xff, 0xff}}
 	inReq := func(k, key, end []byte) bool {
 		switch {

@@ -57,13 +57,38 @@ type router struct {
 // a split's child starts a moment after its parent applied the split).
 var errNotHere = status.Error(codes.Unavailable, "ballot: shard not kept by this host")
 
-// conn returns the connection to shard id's group on this host.
-func (r *router) conn(id uint64) (*grpc.ClientConn, error) {
+// hopHeader marks a request one router forwarded to another: the second
+// router serves it from its own member or refuses it, never forwarding it
+// again, so a stale map cannot bounce a request between hosts.
+const hopHeader = "ballot-hop"
+
+// conn returns a connection that serves shard id: to this host's member of
+// it, or, when this host keeps none (the shard moved away, or its member
+// here is not started yet), to the router of a host that does.
+func (r *router) conn(ctx context.Context, id uint64) (*grpc.ClientConn, error) {
 	g := r.h.group(id)
-	if g == nil {
+	if g != nil && !g.drained.Load() {
+		return g.conn, nil
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(hopHeader)) > 0 {
 		return nil, errNotHere
 	}
-	return g.conn, nil
+	s, ok := r.h.Map().ByID(id)
+	if !ok {
+		return nil, errNotHere
+	}
+	for _, name := range s.Members {
+		if name == r.h.cfg.Name {
+			continue
+		}
+		if c, err := r.h.hostConn(ctx, name); err == nil {
+			return c, nil
+		}
+	}
+	if g != nil { // drained, but no other host answers: better than nothing
+		return g.conn, nil
+	}
+	return nil, errNotHere
 }
 
 // waitConn is conn, waiting (about 3 s at most) for this host to start its
@@ -71,7 +96,7 @@ func (r *router) conn(id uint64) (*grpc.ClientConn, error) {
 func (r *router) waitConn(ctx context.Context, id uint64) (*grpc.ClientConn, error) {
 	backoff := 5 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		c, err := r.conn(id)
+		c, err := r.conn(ctx, id)
 		if err == nil || attempt == wrongShardRetries {
 			return c, err
 		}
@@ -133,8 +158,8 @@ type kvRouter struct {
 	r *router
 }
 
-func (k *kvRouter) kv(id uint64) (pb.KVClient, error) {
-	c, err := k.r.conn(id)
+func (k *kvRouter) kv(ctx context.Context, id uint64) (pb.KVClient, error) {
+	c, err := k.r.conn(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +173,7 @@ func (k *kvRouter) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 		case 0:
 			parts = []Part{{Shard: m.Lookup(req.Key), Key: req.Key, End: req.RangeEnd}}
 		case 1:
-			c, err := k.kv(parts[0].Shard.ID)
+			c, err := k.kv(ctx, parts[0].Shard.ID)
 			if err != nil {
 				return nil, err
 			}
@@ -159,7 +184,7 @@ func (k *kvRouter) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 		}
 		resps := make([]*pb.RangeResponse, len(parts))
 		err := fanOut(len(parts), func(i int) error {
-			c, err := k.kv(parts[i].Shard.ID)
+			c, err := k.kv(ctx, parts[i].Shard.ID)
 			if err != nil {
 				return err
 			}
@@ -231,7 +256,7 @@ func (k *kvRouter) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 				return nil, ErrGRPCLeaseOtherShard
 			}
 		}
-		c, err := k.kv(s.ID)
+		c, err := k.kv(ctx, s.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -246,7 +271,7 @@ func (k *kvRouter) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 			parts = []Part{{Shard: m.Lookup(req.Key), Key: req.Key, End: req.RangeEnd}}
 		}
 		if len(parts) == 1 {
-			c, err := k.kv(parts[0].Shard.ID)
+			c, err := k.kv(ctx, parts[0].Shard.ID)
 			if err != nil {
 				return nil, err
 			}
@@ -254,7 +279,7 @@ func (k *kvRouter) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 		}
 		resps := make([]*pb.DeleteRangeResponse, len(parts))
 		err := fanOut(len(parts), func(i int) error {
-			c, err := k.kv(parts[i].Shard.ID)
+			c, err := k.kv(ctx, parts[i].Shard.ID)
 			if err != nil {
 				return err
 			}
@@ -293,7 +318,7 @@ func (k *kvRouter) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 		for s := range ids {
 			id = s
 		}
-		c, err := k.kv(id)
+		c, err := k.kv(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -344,7 +369,7 @@ func (k *kvRouter) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.
 	m := k.r.h.Map()
 	resps := make([]*pb.CompactionResponse, len(m.Shards))
 	err := fanOut(len(m.Shards), func(i int) error {
-		c, err := k.kv(m.Shards[i].ID)
+		c, err := k.kv(ctx, m.Shards[i].ID)
 		if err != nil {
 			return err
 		}
@@ -397,8 +422,8 @@ type leaseRouter struct {
 	r *router
 }
 
-func (l *leaseRouter) lease(id uint64) (pb.LeaseClient, error) {
-	c, err := l.r.conn(id)
+func (l *leaseRouter) lease(ctx context.Context, id uint64) (pb.LeaseClient, error) {
+	c, err := l.r.conn(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -421,7 +446,7 @@ func (l *leaseRouter) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest)
 		}
 		home = s
 	}
-	c, err := l.lease(home.ID)
+	c, err := l.lease(ctx, home.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -459,7 +484,7 @@ func (l *leaseRouter) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeReques
 	}
 	resps := make([]*pb.LeaseRevokeResponse, len(ids))
 	err = fanOut(len(ids), func(i int) error {
-		c, err := l.lease(ids[i])
+		c, err := l.lease(ctx, ids[i])
 		if err != nil {
 			return err
 		}
@@ -484,7 +509,7 @@ func (l *leaseRouter) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLi
 	}
 	resps := make([]*pb.LeaseTimeToLiveResponse, len(ids))
 	err = fanOut(len(ids), func(i int) error {
-		c, err := l.lease(ids[i])
+		c, err := l.lease(ctx, ids[i])
 		if err != nil {
 			return err
 		}
@@ -507,7 +532,7 @@ func (l *leaseRouter) LeaseLeases(ctx context.Context, req *pb.LeaseLeasesReques
 	m := l.r.h.Map()
 	resps := make([]*pb.LeaseLeasesResponse, len(m.Shards))
 	err := fanOut(len(m.Shards), func(i int) error {
-		c, err := l.lease(m.Shards[i].ID)
+		c, err := l.lease(ctx, m.Shards[i].ID)
 		if err != nil {
 			return err
 		}
@@ -585,7 +610,7 @@ func (l *leaseRouter) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 		for _, sid := range ids {
 			in := inner[sid]
 			if in == nil {
-				c, err := l.lease(sid)
+				c, err := l.lease(ctx, sid)
 				if err != nil {
 					return err
 				}
@@ -929,7 +954,7 @@ type clusterRouter struct {
 }
 
 func (c *clusterRouter) meta() (pb.ClusterClient, error) {
-	conn, err := c.r.conn(MetaGroup)
+	conn, err := c.r.conn(context.Background(), MetaGroup)
 	if err != nil {
 		return nil, err
 	}
@@ -952,7 +977,7 @@ type maintenanceRouter struct {
 // Status answers for the meta group (leader, term, the host's ID), with
 // the sizes summed over every group this host keeps.
 func (m *maintenanceRouter) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
-	conn, err := m.r.conn(MetaGroup)
+	conn, err := m.r.conn(ctx, MetaGroup)
 	if err != nil {
 		return nil, err
 	}

@@ -3,11 +3,16 @@ package shard
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/ballotdb/ballot/server"
 )
@@ -20,7 +25,24 @@ import (
 const (
 	shardService = "ballot.shard.Shards"
 	listMethod   = "/" + shardService + "/List"
+	splitMethod  = "/" + shardService + "/Split"
+	moveMethod   = "/" + shardService + "/Move"
+	drainMethod  = "/" + shardService + "/Drain"
 )
+
+// SplitRequest asks for shard Shard to be split at Key (see SplitKey).
+type SplitRequest struct {
+	Shard uint64 `json:"shard"`
+	Key   []byte `json:"key"`
+}
+
+// MoveRequest asks for shard Shard's member on host From to move to host
+// To (see Host.Move).
+type MoveRequest struct {
+	Shard    uint64 `json:"shard"`
+	FromHost string `json:"from"`
+	ToHost   string `json:"to"`
+}
 
 // jsonCodec carries the shard service's messages as JSON.
 type jsonCodec struct{}
@@ -60,9 +82,7 @@ func (h *Host) List(ctx context.Context) (*ListResponse, error) {
 	out := &ListResponse{Host: h.cfg.Name, Version: m.Version}
 	for _, s := range m.Shards {
 		st := ShardStatus{Shard: s}
-		if g := h.group(s.ID); g == nil {
-			st.Err = "not kept by this host"
-		} else if resp, err := pb.NewMaintenanceClient(g.conn).Status(ctx, &pb.StatusRequest{}); err != nil {
+		if resp, err := h.shardStatus(ctx, s); err != nil {
 			st.Err = err.Error()
 		} else {
 			st.Leader = names[resp.Leader]
@@ -74,6 +94,29 @@ func (h *Host) List(ctx context.Context) (*ListResponse, error) {
 		out.Shards = append(out.Shards, st)
 	}
 	return out, nil
+}
+
+// shardStatus asks this host's member of s for its status, or, if it
+// keeps none, another member's host (naming the group, see groupcall.go).
+func (h *Host) shardStatus(ctx context.Context, s Shard) (*pb.StatusResponse, error) {
+	if g := h.group(s.ID); g != nil {
+		return pb.NewMaintenanceClient(g.conn).Status(ctx, &pb.StatusRequest{})
+	}
+	var last error = errNotHere
+	for _, name := range s.Members {
+		c, err := h.hostConn(ctx, name)
+		if err != nil {
+			last = err
+			continue
+		}
+		gctx := metadata.AppendToOutgoingContext(ctx, server.GroupHeader, strconv.FormatUint(s.ID, 10))
+		resp, err := pb.NewMaintenanceClient(c).Status(gctx, &pb.StatusRequest{})
+		if err == nil {
+			return resp, nil
+		}
+		last = err
+	}
+	return nil, last
 }
 
 func registerShardService(s *grpc.Server, h *Host) {
@@ -89,8 +132,75 @@ func registerShardService(s *grpc.Server, h *Host) {
 				}
 				return h.List(ctx)
 			},
+		}, {
+			MethodName: "Split",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				var in SplitRequest
+				if err := dec(&in); err != nil {
+					return nil, err
+				}
+				if _, err := h.Split(ctx, in.Shard, in.Key); err != nil {
+					return nil, toStatus(err)
+				}
+				return h.List(ctx)
+			},
+		}, {
+			MethodName: "Drain",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				var in SplitRequest // only Shard is used
+				if err := dec(&in); err != nil {
+					return nil, err
+				}
+				if err := h.drain(ctx, in.Shard); err != nil {
+					return nil, toStatus(err)
+				}
+				return &struct{}{}, nil
+			},
+		}, {
+			MethodName: "Move",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				var in MoveRequest
+				if err := dec(&in); err != nil {
+					return nil, err
+				}
+				if err := h.Move(ctx, in.Shard, in.FromHost, in.ToHost); err != nil {
+					return nil, toStatus(err)
+				}
+				return h.List(ctx)
+			},
 		}},
 	}, h)
+}
+
+// toStatus gives a bad request its gRPC code.
+func toStatus(err error) error {
+	if errors.Is(err, ErrBadSplit) || errors.Is(err, ErrBadMove) {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Unknown, err.Error())
+}
+
+// SplitShard asks the sharded host at the other end of conn to split a shard;
+// it answers with the shard list after the split.
+func SplitShard(ctx context.Context, conn grpc.ClientConnInterface, id uint64, key []byte) (*ListResponse, error) {
+	out := new(ListResponse)
+	if err := conn.Invoke(ctx, splitMethod, &SplitRequest{Shard: id, Key: key}, out, grpc.CallContentSubtype("ballotjson")); err != nil {
+		return nil, fmt.Errorf("shard split: %w", err)
+	}
+	return out, nil
+}
+
+// MoveShard asks the sharded host at the other end of conn to move shard
+// id's member from one host to another; it answers with the shard list.
+func MoveShard(ctx context.Context, conn grpc.ClientConnInterface, id uint64, from, to string) (*ListResponse, error) {
+	out := new(ListResponse)
+	if err := conn.Invoke(ctx, moveMethod, &MoveRequest{Shard: id, FromHost: from, ToHost: to}, out, grpc.CallContentSubtype("ballotjson")); err != nil {
+		return nil, fmt.Errorf("shard move: %w", err)
+	}
+	return out, nil
 }
 
 // List asks the sharded host at the other end of conn for its shard list.

@@ -8,8 +8,10 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
 
 	"github.com/ballotdb/ballot/consensus"
 	"github.com/ballotdb/ballot/server"
@@ -65,8 +67,26 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 			ErrBadSplit, key, id, p.Start, p.End)
 	}
 	srv := h.Server(id)
-	if srv == nil {
-		return Map{}, fmt.Errorf("%w: shard %d is not kept by this host; ask one of %v", ErrBadSplit, id, p.Members)
+	if srv == nil && contains(p.Members, h.cfg.Name) { // a split's child, starting
+		waitUntil(ctx, 5*time.Second, func() bool { return h.Server(id) != nil })
+		srv = h.Server(id)
+	}
+	if srv == nil { // ask a host that keeps it
+		for _, name := range p.Members {
+			c, err := h.hostConn(ctx, name)
+			if err != nil {
+				continue
+			}
+			var out ListResponse
+			if err := c.Invoke(ctx, splitMethod, &SplitRequest{Shard: id, Key: key}, &out, grpc.CallContentSubtype("ballotjson")); err != nil {
+				return Map{}, err
+			}
+			if err := h.refreshMap(ctx); err != nil {
+				return Map{}, err
+			}
+			return h.Map(), nil
+		}
+		return Map{}, fmt.Errorf("%w: no host keeping shard %d (%v) answers", ErrBadSplit, id, p.Members)
 	}
 	child, err := h.allocShardID(ctx, m)
 	if err != nil {
@@ -87,6 +107,22 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 		}
 	}
 	return h.Map(), nil
+}
+
+// waitUntil polls cond every few milliseconds until it holds, ctx ends or
+// timeout passes.
+func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // allocShardID takes the next shard ID from the meta group's counter.

@@ -137,66 +137,13 @@ func splitUnderLoad(t *testing.T, broken bool) (linearizable bool) {
 	wcli := c.Client("h2")
 	watch := wcli.Watch(ctx, "c/1")
 
-	h := &history{start: time.Now()}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var puts sync.Map // value → true, for the watch check
-	for client := 0; client < 6; client++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cl := c.Client(c.Names()[client%3])
-			rng := rand.New(rand.NewPCG(uint64(client), 7))
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				k := keys[rng.IntN(len(keys))]
-				call := time.Now()
-				if rng.IntN(2) == 0 {
-					v := fmt.Sprintf("%d.%d", client, n)
-					_, err := cl.Put(ctx, k, v)
-					if err != nil {
-						t.Errorf("put %s: %v (an unknown outcome fails the check)", k, err)
-						return
-					}
-					if k == "c/1" {
-						puts.Store(v, true)
-					}
-					h.add(client, regIn{key: k, put: true, value: v}, regOut{}, call, time.Now())
-				} else {
-					r, err := cl.Get(ctx, k)
-					if err != nil {
-						t.Errorf("get %s: %v", k, err)
-						return
-					}
-					out := regOut{}
-					if len(r.Kvs) == 1 {
-						out.value = string(r.Kvs[0].Value)
-					}
-					h.add(client, regIn{key: k}, out, call, time.Now())
-				}
-			}
-		}()
-	}
-	waitOps := func(n int) {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			h.mu.Lock()
-			got := len(h.ops)
-			h.mu.Unlock()
-			if got >= n || time.Now().After(deadline) || t.Failed() {
-				return
-			}
-			select {
-			case <-time.After(10 * time.Millisecond):
-			case <-ctx.Done():
-				return
-			}
+	var puts sync.Map // values put to c/1, for the watch check
+	ld := startLoad(t, ctx, c, keys, 6, func(k, v string) {
+		if k == "c/1" {
+			puts.Store(v, true)
 		}
-	}
+	})
+	waitOps := ld.waitOps
 	waitOps(200)
 	before := c.Host("h3").Map().Version
 	m, err := c.Host("h1").Split(ctx, 1, []byte("b/3")) // moved back to "b/"
@@ -216,8 +163,7 @@ func splitUnderLoad(t *testing.T, broken bool) (linearizable bool) {
 		t.Fatalf("after the second split: %+v", m.Shards)
 	}
 	waitOps(600)
-	close(stop)
-	wg.Wait()
+	h := ld.stop()
 	if t.Failed() {
 		return false
 	}
@@ -304,6 +250,88 @@ func splitUnderLoad(t *testing.T, broken bool) (linearizable bool) {
 		t.Fatal("no keys after the splits")
 	}
 	return true
+}
+
+// load is clients putting unique values to and getting random keys of a
+// set through every host, recording a history for porcupine.
+type load struct {
+	h       *history
+	stopc   chan struct{}
+	wg      sync.WaitGroup
+	t       *testing.T
+	ctx     context.Context
+	waitOps func(n int)
+}
+
+// startLoad starts clients goroutines; onPut sees every acknowledged put.
+func startLoad(t *testing.T, ctx context.Context, c *shardtest.Cluster, keys []string, clients int, onPut func(k, v string)) *load {
+	ld := &load{h: &history{start: time.Now()}, stopc: make(chan struct{}), t: t, ctx: ctx}
+	names := c.Names()
+	for client := 0; client < clients; client++ {
+		ld.wg.Add(1)
+		go func() {
+			defer ld.wg.Done()
+			cl := c.Client(names[client%len(names)])
+			rng := rand.New(rand.NewPCG(uint64(client), 7))
+			for n := 0; ; n++ {
+				select {
+				case <-ld.stopc:
+					return
+				default:
+				}
+				k := keys[rng.IntN(len(keys))]
+				call := time.Now()
+				if rng.IntN(2) == 0 {
+					v := fmt.Sprintf("%d.%d", client, n)
+					if _, err := cl.Put(ctx, k, v); err != nil {
+						t.Errorf("put %s: %v (an unknown outcome fails the check)", k, err)
+						return
+					}
+					if onPut != nil {
+						onPut(k, v)
+					}
+					ld.h.add(client, regIn{key: k, put: true, value: v}, regOut{}, call, time.Now())
+				} else {
+					r, err := cl.Get(ctx, k)
+					if err != nil {
+						t.Errorf("get %s: %v", k, err)
+						return
+					}
+					out := regOut{}
+					if len(r.Kvs) == 1 {
+						out.value = string(r.Kvs[0].Value)
+					}
+					ld.h.add(client, regIn{key: k}, out, call, time.Now())
+				}
+			}
+		}()
+	}
+	ld.waitOps = func(n int) {
+		deadline := time.Now().Add(20 * time.Second)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			ld.h.mu.Lock()
+			got := len(ld.h.ops)
+			ld.h.mu.Unlock()
+			if got >= n || time.Now().After(deadline) || t.Failed() {
+				return
+			}
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+	return ld
+}
+
+// stop stops the clients and returns the history.
+func (ld *load) stop() *history {
+	close(ld.stopc)
+	ld.wg.Wait()
+	return ld.h
 }
 
 func visualize(t *testing.T, info porcupine.LinearizationInfo) string {

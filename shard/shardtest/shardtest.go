@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -115,6 +116,9 @@ func (c *Cluster) start(name string, pl net.Listener) {
 	c.mu.Unlock()
 }
 
+// Dir is the directory holding every host's data directory (by name).
+func (c *Cluster) Dir() string { return c.dir }
+
 // Host returns a running host by name, or nil.
 func (c *Cluster) Host(name string) *shard.Host {
 	c.mu.Lock()
@@ -196,8 +200,11 @@ func (c *Cluster) WaitLeaders(timeout time.Duration) {
 	eventually(c.t, timeout, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		for _, h := range c.hosts {
+		for name, h := range c.hosts {
 			for _, s := range h.Map().Shards {
+				if !slices.Contains(s.Members, name) {
+					continue
+				}
 				if srv := h.Server(s.ID); srv == nil || srv.Node().Leader() == 0 {
 					return false
 				}

@@ -1,0 +1,101 @@
+package shard_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ballotdb/ballot/shard"
+	"github.com/ballotdb/ballot/shard/shardtest"
+)
+
+// TestMoveUnderLoad moves a shard's member to a host that kept none of it
+// while clients write and read through every host (hosts without a member
+// of the shard forward to one that has): no acknowledged write is lost and
+// no read is stale (porcupine per key; any failed operation fails), the
+// map and the group end with the new members, and the old host drops the
+// group and its data.
+func TestMoveUnderLoad(t *testing.T) {
+	c := shardtest.New(t, 4, 2) // shard 1: h1,h2,h3; shard 2: h2,h3,h4
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if got := c.Host("h1").Map().Shards[0].Members; strings.Join(got, ",") != "h1,h2,h3" {
+		t.Fatalf("shard 1 members %v", got)
+	}
+	var keys []string
+	for i := 0; i < 12; i++ {
+		keys = append(keys, fmt.Sprintf("k%d", i)) // "k" < "\x80": shard 1
+	}
+	ld := startLoad(t, ctx, c, keys, 8, nil)
+	ld.waitOps(200)
+	if err := c.Host("h3").Move(ctx, 1, "h1", "h4"); err != nil {
+		t.Fatal(err)
+	}
+	ld.waitOps(500)
+	h := ld.stop()
+	if t.Failed() {
+		return
+	}
+	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 30*time.Second)
+	if res != porcupine.Ok {
+		t.Fatalf("history of %d operations is not linearizable (%v); see %s", len(h.ops), res, visualize(t, info))
+	}
+	t.Logf("%d operations, linearizable, across a move", len(h.ops))
+
+	for _, name := range c.Names() { // hosts re-read the map every second
+		waitFor(t, 10*time.Second, name+"'s map to show shard 1 on h2,h3,h4", func() bool {
+			s, _ := c.Host(name).Map().ByID(1)
+			return strings.Join(s.Members, ",") == "h2,h3,h4"
+		})
+	}
+	// h1 drops its member and its data; h4 keeps one.
+	waitFor(t, 10*time.Second, "h1 to drop shard 1 and h4 to keep it", func() bool {
+		return c.Host("h1").Server(1) == nil && c.Host("h4").Server(1) != nil
+	})
+	if _, err := os.Stat(filepath.Join(c.Dir(), "h1", "shards", "1")); !os.IsNotExist(err) {
+		t.Fatalf("h1's data for shard 1 is still there: %v", err)
+	}
+	st := c.Host("h4").Server(1).Node().Status()
+	if !slices.Contains(st.ConfState.Voters, st.ID) {
+		t.Fatalf("h4 is not a voter of shard 1: %+v", st.ConfState)
+	}
+	// h1, which keeps no member of shard 1 now, still serves its keys.
+	r, err := c.Client("h1").Get(ctx, "k", clientv3.WithPrefix())
+	if err != nil || r.Count == 0 {
+		t.Fatalf("read of shard 1 through h1 after the move: %v %v", r, err)
+	}
+	// A move refuses nonsense.
+	if err := c.Host("h2").Move(ctx, 1, "h1", "h1"); err == nil {
+		t.Fatal("a move to the same host was accepted")
+	}
+	if err := c.Host("h2").Move(ctx, 9, "h1", "h4"); err == nil {
+		t.Fatal("a move of a shard that does not exist was accepted")
+	}
+	if err := c.Host("h2").Move(ctx, 1, "h2", "nobody"); !errors.Is(err, shard.ErrBadMove) {
+		t.Fatalf("a move to an unknown host: %v", err)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
