@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -424,6 +425,10 @@ type memberConns struct {
 	urls  map[uint64]string
 }
 
+// GroupHeader is the gRPC metadata key that names the group a member's
+// call to another member is for (see Config.GroupTag).
+const GroupHeader = "ballot-group"
+
 // dialMember returns a connection to member id's first client URL. The
 // connection is cached and replaced when the URL changes; Stop closes
 // them all.
@@ -453,7 +458,15 @@ func (s *Server) dialMember(id uint64) (*grpc.ClientConn, error) {
 		}
 		creds = grpc.WithTransportCredentials(tc)
 	}
-	c, err := grpc.NewClient(u.Host, creds)
+	opts := []grpc.DialOption{creds}
+	if tag := s.cfg.GroupTag; tag != "" {
+		opts = append(opts, grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, inv grpc.UnaryInvoker, o ...grpc.CallOption) error {
+			return inv(metadata.AppendToOutgoingContext(ctx, GroupHeader, tag), method, req, reply, cc, o...)
+		}), grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, str grpc.Streamer, o ...grpc.CallOption) (grpc.ClientStream, error) {
+			return str(metadata.AppendToOutgoingContext(ctx, GroupHeader, tag), desc, cc, method, o...)
+		}))
+	}
+	c, err := grpc.NewClient(u.Host, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("server: dial member %x at %s: %w", id, raw, err)
 	}
