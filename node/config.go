@@ -96,6 +96,10 @@ type Config struct {
 	// Engine builds the consensus engine. Default: the EngineKind's, Raft
 	// with PreVote and CheckQuorum, or Multi-Paxos.
 	Engine func(EngineConfig, consensus.InitialState) (consensus.Engine, error)
+	// WrapEngine, when set, wraps the engine the node drives (after
+	// Engine built it): a host of many groups wraps each in a quiescer
+	// that stops ticking an idle group (see shard/quiesce.go).
+	WrapEngine func(consensus.Engine) consensus.Engine
 	// Logger receives the node's logs, with stable keys node, term,
 	// index, peer, err. Default: discard.
 	Logger *slog.Logger

@@ -129,6 +129,9 @@ func Start(ctx context.Context, cfg Config, sm StateMachine) (*Node, error) {
 		n.wal.Close()
 		return nil, fmt.Errorf("node: start engine: %w", err)
 	}
+	if cfg.WrapEngine != nil {
+		eng = cfg.WrapEngine(eng)
+	}
 	if err := n.startTransport(rec.app.book); err != nil {
 		n.wal.Close()
 		return nil, err

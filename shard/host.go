@@ -70,6 +70,9 @@ type Config struct {
 	// finishes half-done splits (see reconcile); default 1 s. Routers also
 	// re-read it whenever a shard refuses a key it no longer keeps.
 	MapRefresh time.Duration
+	// NoQuiesce keeps idle groups ticking (see quiesce.go); for
+	// measuring what quiescence saves.
+	NoQuiesce bool
 	// Unsafe breaks every shard on purpose (tests only; see
 	// server.UnsafeKnobs).
 	Unsafe server.UnsafeKnobs
@@ -85,6 +88,7 @@ type Host struct {
 	log  *slog.Logger
 	mux  *transport.Mux
 	grpc *grpc.Server
+	live *liveness
 
 	mu sync.Mutex
 	m  Map
@@ -109,6 +113,9 @@ type group struct {
 	srv  *server.Server
 	lis  *bufconn.Listener
 	conn *grpc.ClientConn
+	// quiet: the group is idle and skips its ticks (quiesce.go).
+	quiet atomic.Bool
+	ticks atomic.Int64
 	// drained: the router sends this member no new requests (it is about
 	// to be removed by a move); inflight counts unary calls under way.
 	drained  atomic.Bool
@@ -157,7 +164,21 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial,
+	tick := cmp.Or(cfg.TickInterval, 100*time.Millisecond)
+	lv := &liveness{self: consensus.NodeID(server.MemberIDFor(cfg.ClusterToken, self)),
+		window: time.Duration(cmp.Or(cfg.ElectionTicks, 10)) * tick, heard: map[consensus.NodeID]time.Time{}}
+	if lv.tr, err = mux.Group(livenessGroup, lv); err != nil {
+		mux.Close()
+		return nil, err
+	}
+	for name, addr := range cfg.InitialCluster {
+		if name != cfg.Name {
+			id := consensus.NodeID(server.MemberIDFor(cfg.ClusterToken, addr))
+			lv.peers = append(lv.peers, id)
+			lv.tr.AddPeer(id, addr)
+		}
+	}
+	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial, live: lv,
 		gs: map[uint64]*group{}, remotes: map[string]*grpc.ClientConn{}, stopc: make(chan struct{}), failc: make(chan struct{})}
 	if err := h.startGroup(ctx, MetaGroup, nil, false); err != nil {
 		h.Stop()
@@ -181,7 +202,8 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	pb.RegisterClusterServer(h.grpc, &clusterRouter{r: r})
 	pb.RegisterMaintenanceServer(h.grpc, &maintenanceRouter{r: r})
 	registerShardService(h.grpc, h)
-	h.wg.Add(2)
+	h.wg.Add(3)
+	go func() { defer h.wg.Done(); h.live.run(tick, h.stopc) }()
 	go func() { defer h.wg.Done(); _ = h.grpc.Serve(cfg.ClientListener) }()
 	go func() { defer h.wg.Done(); h.keepMap() }()
 	h.log.Info("host serving", "client", cfg.ClientListener.Addr().String(), "peer", cfg.PeerListener.Addr().String(),
@@ -281,13 +303,20 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 	cid := h.groupClusterID(id)
 	lis := bufconn.Listen(memBuffer)
 	log := h.cfg.Logger.With("group", id)
+	g := &group{id: id, lis: lis}
+	var wrap func(consensus.Engine) consensus.Engine
+	if !h.cfg.NoQuiesce {
+		wrap = func(e consensus.Engine) consensus.Engine {
+			return &quiescer{Engine: e, live: h.live.live, quiet: &g.quiet, ticks: &g.ticks}
+		}
+	}
 	scfg := server.Config{
 		Name: h.cfg.Name, ClusterToken: h.cfg.ClusterToken, ClusterID: cid,
 		InitialCluster: initial, Join: join, Engine: h.cfg.Engine,
 		AdvertiseClientURLs: h.cfg.AdvertiseClientURLs,
 		DataDir:             dir, ClientListener: lis,
 		NewTransport: func(th transport.Handler) (transport.Transport, error) { return h.mux.Group(cid, th) },
-		Shard:        sc, GroupTag: strconv.FormatUint(id, 10),
+		Shard:        sc, GroupTag: strconv.FormatUint(id, 10), WrapEngine: wrap,
 		TickInterval: h.cfg.TickInterval, ElectionTicks: h.cfg.ElectionTicks, SnapshotEntries: h.cfg.SnapshotEntries,
 		Seed: seedFor(h.cfg.Seed, id), Logger: log, Unsafe: h.cfg.Unsafe,
 	}
@@ -298,7 +327,7 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 	if err != nil {
 		return fmt.Errorf("shard: group %d: %w", id, err)
 	}
-	g := &group{id: id, srv: srv, lis: lis}
+	g.srv = srv
 	conn, err := grpc.NewClient("passthrough:///group-"+strconv.FormatUint(id, 10),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -355,6 +384,27 @@ func (h *Host) groups() []*group {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
 	return out
+}
+
+// Quiet returns how many of this host's groups are idle and not ticking.
+func (h *Host) Quiet() int {
+	n := 0
+	for _, g := range h.groups() {
+		if g.quiet.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// Ticks returns how many engine ticks this host's groups have run (quiet
+// groups skip theirs; with NoQuiesce it is not counted).
+func (h *Host) Ticks() int64 {
+	var n int64
+	for _, g := range h.groups() {
+		n += g.ticks.Load()
+	}
+	return n
 }
 
 // Map returns the shard map the host routes by.
