@@ -135,13 +135,23 @@ func (h *hub) run() {
 	h.mu.Lock()
 	h.lastRv = h.s.store.Rev()
 	h.mu.Unlock()
-	catchUp := time.NewTicker(20 * time.Millisecond)
-	defer catchUp.Stop()
+	// The catch-up timer runs only while some watcher needs catching up
+	// (or a split's cut is pending): an idle hub wakes for nothing, which
+	// matters on a host with many groups.
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	armed := false
 	progress := time.NewTicker(h.progressInterval)
 	defer progress.Stop()
+	work := func() {
+		h.handleGap()
+		h.catchUp()
+		h.applyCuts()
+	}
 	for {
 		select {
 		case <-h.s.stopc:
+			retry.Stop()
 			return
 		case re := <-h.queue:
 			h.mu.Lock()
@@ -155,19 +165,13 @@ func (h *hub) run() {
 				}
 				break
 			}
-			h.mu.Unlock()
 		case <-h.poke:
 			h.mu.Lock()
-			h.handleGap()
-			h.catchUp()
-			h.applyCuts()
-			h.mu.Unlock()
-		case <-catchUp.C:
+			work()
+		case <-retry.C:
+			armed = false
 			h.mu.Lock()
-			h.handleGap()
-			h.catchUp()
-			h.applyCuts()
-			h.mu.Unlock()
+			work()
 		case <-progress.C:
 			h.mu.Lock()
 			for w := range h.all {
@@ -175,9 +179,37 @@ func (h *hub) run() {
 					h.push(w, &pb.WatchResponse{Header: h.s.header(h.lastRv), WatchId: w.id})
 				}
 			}
-			h.mu.Unlock()
+		}
+		need := h.needsWork()
+		h.mu.Unlock()
+		if need && !armed {
+			retry.Reset(catchUpRetry)
+			armed = true
 		}
 	}
+}
+
+// catchUpRetry is how soon the hub tries again to catch up watchers it
+// could not (a slow client's buffer was full).
+const catchUpRetry = 20 * time.Millisecond
+
+// needsWork reports whether some watcher is behind or a cut is pending.
+// REQUIRES: h.mu held.
+func (h *hub) needsWork() bool {
+	if h.gap.Load() {
+		return true
+	}
+	for w := range h.all {
+		if !w.synced {
+			return true
+		}
+		for _, c := range h.cuts {
+			if overlaps(w.key, w.end, c.start, c.end) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // handleGap makes every watcher unsynced after the queue lost revisions.
