@@ -23,9 +23,17 @@ const (
 type Violation struct {
 	Invariant string
 	Detail    string
+	// Group is the number (from 1) of the group whose invariant broke, in a
+	// multi-group run; 0 in a single-group run.
+	Group int
 }
 
-func (v *Violation) Error() string { return v.Invariant + ": " + v.Detail }
+func (v *Violation) Error() string {
+	if v.Group > 0 {
+		return fmt.Sprintf("group %d: %s: %s", v.Group, v.Invariant, v.Detail)
+	}
+	return v.Invariant + ": " + v.Detail
+}
 
 func violation(inv, format string, args ...any) *Violation {
 	return &Violation{Invariant: inv, Detail: fmt.Sprintf(format, args...)}

@@ -147,14 +147,14 @@ func TestDiskCrashKeepsAPrefix(t *testing.T) {
 	}
 	must(d.write(diskOp{kind: opEntry, ent: ent(1, 1, "a")}))
 	must(d.write(diskOp{kind: opHardState, hs: consensus.HardState{Epoch: 1, Commit: 1}}))
-	must(d.sync())
+	must(d.log.sync())
 	must(d.write(diskOp{kind: opEntry, ent: ent(2, 1, "b")}))
 	must(d.write(diskOp{kind: opEntry, ent: ent(3, 1, "c")}))
 	must(d.write(diskOp{kind: opHardState, hs: consensus.HardState{Epoch: 1, Commit: 3}}))
 	if d.view.lastIndex() != 3 || d.durable.lastIndex() != 1 {
 		t.Fatalf("view %d durable %d", d.view.lastIndex(), d.durable.lastIndex())
 	}
-	must(d.crash(1)) // the torn tail keeps entry 2 only
+	must(d.log.crash(1)) // the torn tail keeps entry 2 only
 	st := d.initial()
 	if len(st.Entries) != 2 || st.HardState.Commit != 1 {
 		t.Fatalf("after crash: %d entries, hs %+v", len(st.Entries), st.HardState)

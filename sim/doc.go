@@ -72,6 +72,50 @@
 // leader must be followed by every running member, everything in its log
 // applied everywhere, and a fresh operation of every client completed.
 //
+// # Multi-group mode
+//
+// Options.Groups (ballot sim --groups G) places G independent consensus
+// groups on the same virtual nodes, as a sharded node process hosts many:
+// each group has its own engines, state machine, four clients on its own
+// keys, history and checker; the nodes, their links and their disks are
+// shared. Groups 1 (the default) is the single-group simulator: the same
+// runs, event for event, for every existing seed.
+//
+//   - Placement: a replica's ID is its virtual node's ID. Every group starts
+//     with voters on nodes 1..Nodes; a learner a group adds gets the group's
+//     next ID (never reused within the group), so groups that grow land on
+//     the same new nodes. A node whose replicas are all retired stops.
+//   - Nodes: a crash and a restart hit every group's replica on the node
+//     at once (the simulator has no pause fault apart from a crash the
+//     supervisor restarts at once). The nemesis's rates
+//     are per node: a crash aimed at a group's dangerous moment (between a
+//     write and its sync, after a vote or a promise) and leader churn are
+//     drawn per group with their chance divided by G, so a node does not
+//     crash more often for hosting more groups.
+//   - Links: one connection per node pair carries every group's messages
+//     (tagged with the group): a partition, a one-way cut or a flaky period
+//     hits all of them, and they share one queue, one delay distribution
+//     and its reordering, and one bound on messages in flight (scaled by
+//     G).
+//   - Shared log: each node has one disk holding one write-ahead log. Every
+//     group's writes (snapshot, truncation, entries, HardState) go through
+//     it as records tagged with the group's disk, which keeps each group's
+//     durable state separately addressable for its recovery. One fsync
+//     makes every group's writes durable together (a Ready that must be
+//     synced joins the node's next fsync, or schedules it: group commit),
+//     and a crash keeps a prefix of the log's unsynced records, of whatever
+//     groups, and loses the rest: the torn tail cuts across groups. The
+//     trace of a crash shows it: "n3 CRASH (keeps 1 of 3 unsynced writes:
+//     g2 | g1 g2)".
+//
+// Every invariant and the linearizability check run per group, and a
+// violation names its group (Violation.Group; "group 2: monotonic: ...");
+// the run stops at the first. Liveness needs every group converged. Sweep
+// reports each group's stats (Result.GroupStats) and asserts the activity
+// minimums per group, so a busy group cannot hide an idle one.
+// Options.BrokenGroup switches a broken variant on in one group only; the
+// tests show it caught and named in that group (multigroup_test.go).
+//
 // # Proving the checkers
 //
 // Each broken Variant (three Raft knobs, four Paxos knobs, three runtime

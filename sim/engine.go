@@ -228,3 +228,13 @@ func nodeSeed(run uint64, id consensus.NodeID) uint64 {
 	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
 	return z ^ (z >> 31)
 }
+
+// groupSeed derives group num's seed from the run seed, from which its
+// nodes' seeds are derived in turn. The first group's is the run seed
+// itself, so a single-group run draws what it always drew.
+func groupSeed(run uint64, num int) uint64 {
+	if num <= 1 {
+		return run
+	}
+	return nodeSeed(run^0x6a09e667f3bcc909, consensus.NodeID(num))
+}

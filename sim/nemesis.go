@@ -22,21 +22,21 @@ func (w *world) nemesis() {
 	}
 
 	if w.rng.Float64() < 0.004*w.intensity {
-		var up, unsynced []*node
+		var up, unsynced []*machine
 		down, voters := 0, 0
 		for _, id := range w.order {
-			n := w.nodes[id]
-			if n.retired {
+			m := w.machines[id]
+			if !m.active() {
 				continue
 			}
 			voters++
-			if !n.up {
+			if !m.up {
 				down++
 				continue
 			}
-			up = append(up, n)
-			if len(n.disk.unsynced) > 0 {
-				unsynced = append(unsynced, n)
+			up = append(up, m)
+			if len(m.log.unsynced) > 0 {
+				unsynced = append(unsynced, m)
 			}
 		}
 		// Mostly keep a majority up; now and then take down more.
@@ -55,65 +55,68 @@ func (w *world) nemesis() {
 			w.tracef("nemesis: heal")
 		}
 	} else if w.rng.Float64() < 0.006*w.intensity {
-		var ids []consensus.NodeID
-		for _, id := range w.order {
-			if !w.nodes[id].retired {
-				ids = append(ids, id)
-			}
-		}
-		if len(ids) > 1 {
+		if ids := w.activeMachines(); len(ids) > 1 {
 			target := consensus.None
 			if w.rng.IntN(2) == 0 {
-				target = w.leader
+				// Single out a group's leader (the one group's, in a
+				// single-group run, which draws nothing more).
+				g := w.groups[0]
+				if w.multi() {
+					g = w.groups[w.rng.IntN(len(w.groups))]
+				}
+				target = g.leader
 			}
 			shape := partitionShape(w.rng.IntN(int(numPartitionShapes)))
 			desc := w.net.partition(shape, ids, target, w.rng)
 			w.healAt = w.now + int64(10+w.rng.IntN(int(150/w.intensity)))*unitsPerTick
-			w.stats.Partitions++
+			w.countPartition()
 			w.tracef("nemesis: partition %s until t=%d", desc, w.healAt/unitsPerTick)
 		}
 	}
 }
 
-// restarts brings crashed nodes back when their time comes.
+// restarts brings crashed machines back when their time comes, with every
+// replica on them.
 func (w *world) restarts() {
 	for _, id := range w.order {
-		n := w.nodes[id]
-		if !n.up && !n.retired && n.restartAt <= w.now {
-			w.start(n)
+		m := w.machines[id]
+		if !m.up && m.active() && m.restartAt <= w.now {
+			w.restart(m)
 		}
 	}
 }
 
 // admin changes membership and moves leadership while the faults go on.
-func (w *world) admin() {
-	l := w.nodes[w.leader]
+func (g *group) admin() {
+	w := g.w
+	l := g.nodes[g.leader]
 	if l == nil || !l.up || l.role != consensus.Leader {
 		return
 	}
 	if w.rng.Float64() < 0.015 {
-		w.confChange(l)
+		g.confChange(l)
 	}
 	if w.rng.Float64() < 0.008 {
 		st := l.eng.Status()
 		var targets []consensus.NodeID
 		for _, id := range st.ConfState.Voters {
-			if id != l.id && w.nodes[id] != nil && w.nodes[id].up {
+			if id != l.id && g.nodes[id] != nil && g.nodes[id].up {
 				targets = append(targets, id)
 			}
 		}
 		if len(targets) > 0 {
 			t := targets[w.rng.IntN(len(targets))]
 			if err := l.eng.TransferLeadership(t); err == nil {
-				w.stats.Transfers++
-				w.tracef("admin: transfer leadership %d → %d", l.id, t)
+				g.stats.Transfers++
+				g.tracef("admin: transfer leadership %d → %d", l.id, t)
 			}
 			l.dirty = true
 		}
 	}
 }
 
-func (w *world) confChange(l *node) {
+func (g *group) confChange(l *node) {
+	w := g.w
 	cs := l.eng.Status().ConfState
 	if cs.Joint() {
 		return
@@ -131,14 +134,14 @@ func (w *world) confChange(l *node) {
 		return c[w.rng.IntN(len(c))]
 	}
 	joining := false
-	for _, id := range w.order {
-		if n := w.nodes[id]; !n.retired && !n.member {
+	for _, id := range g.order {
+		if n := g.nodes[id]; !n.retired && !n.member {
 			joining = true
 		}
 	}
 	var upLearners []consensus.NodeID
 	for _, id := range cs.Learners {
-		if n := w.nodes[id]; n != nil && n.up {
+		if n := g.nodes[id]; n != nil && n.up {
 			upLearners = append(upLearners, id)
 		}
 	}
@@ -146,9 +149,9 @@ func (w *world) confChange(l *node) {
 	var opts []option
 	if !joining && len(cs.Voters)+len(cs.Learners) < w.opts.Nodes+2 {
 		opts = append(opts, func() (consensus.ConfChange, *node) {
-			id := w.nextID
-			w.nextID++ // IDs are never reused
-			n := w.addNode(id, consensus.ConfState{})
+			id := g.nextID
+			g.nextID++ // IDs are never reused
+			n := g.addNode(id, consensus.ConfState{})
 			return consensus.ConfChange{Changes: []consensus.ConfChangeSingle{{Type: consensus.AddLearner, NodeID: id}}}, n
 		})
 	}
@@ -160,20 +163,20 @@ func (w *world) confChange(l *node) {
 				// Swap a voter out in the same change: joint consensus.
 				out := pick(cs.Voters, consensus.None)
 				cc.Changes = append(cc.Changes, consensus.ConfChangeSingle{Type: consensus.RemoveNode, NodeID: out})
-				w.nodes[out].removing = true
+				g.nodes[out].removing = true
 			}
 			return cc, nil
 		})
 		opts = append(opts, func() (consensus.ConfChange, *node) {
 			id := pick(upLearners, consensus.None)
-			w.nodes[id].removing = true
+			g.nodes[id].removing = true
 			return consensus.ConfChange{Changes: []consensus.ConfChangeSingle{{Type: consensus.RemoveNode, NodeID: id}}}, nil
 		})
 	}
 	if len(cs.Voters) > w.opts.Nodes {
 		opts = append(opts, func() (consensus.ConfChange, *node) {
 			id := pick(cs.Voters, consensus.None) // possibly the leader itself
-			w.nodes[id].removing = true
+			g.nodes[id].removing = true
 			return consensus.ConfChange{Changes: []consensus.ConfChangeSingle{{Type: consensus.RemoveNode, NodeID: id}}}, nil
 		}, func() (consensus.ConfChange, *node) {
 			id := pick(cs.Voters, l.id)
@@ -186,9 +189,9 @@ func (w *world) confChange(l *node) {
 	cc, joiner := opts[w.rng.IntN(len(opts))]()
 	err := l.eng.ProposeConfChange(cc)
 	l.dirty = true
-	w.tracef("admin: propose conf change %v at n%d: err=%v", cc.Changes, l.id, err)
+	g.tracef("admin: propose conf change %v at n%d: err=%v", cc.Changes, l.id, err)
 	if err != nil && joiner != nil {
-		w.retire(joiner, "its addition was refused")
+		g.retire(joiner, "its addition was refused")
 	}
 }
 
@@ -196,23 +199,24 @@ func readCtx(client, op int) string { return fmt.Sprintf("R|%d|%d", client, op) 
 
 // clientsTick lets each idle client issue a put or a linearizable get, and
 // gives up on operations past their deadline.
-func (w *world) clientsTick() {
-	for _, c := range w.clients {
+func (g *group) clientsTick() {
+	w := g.w
+	for _, c := range g.clients {
 		if c.cur != nil {
 			if w.now >= c.cur.deadline {
-				w.tracef("client %d op %d timed out", c.id, c.cur.op)
-				w.abandon(c)
+				g.tracef("client %d op %d timed out", c.id, c.cur.op)
+				g.abandon(c)
 			}
 			continue
 		}
 		if w.rng.Float64() > 0.3 {
 			continue
 		}
-		n := w.nodes[w.leader]
+		n := g.nodes[g.leader]
 		if n == nil || !n.up || w.rng.IntN(10) < 3 {
 			var up []*node
-			for _, id := range w.order {
-				if m := w.nodes[id]; m.up {
+			for _, id := range g.order {
+				if m := g.nodes[id]; m.up {
 					up = append(up, m)
 				}
 			}
@@ -223,37 +227,37 @@ func (w *world) clientsTick() {
 		}
 		op := &clientOp{client: c.id, op: c.nextOp, call: w.now, node: n.id, inc: n.inc, deadline: w.now + 40*unitsPerTick}
 		c.nextOp++
-		key := w.keys[w.rng.IntN(len(w.keys))]
+		key := g.keys[w.rng.IntN(len(g.keys))]
 		n.dirty = true
 		if w.rng.IntN(2) == 0 {
 			op.in = kvInput{put: true, key: key, value: fmt.Sprintf("%d.%d", c.id, op.op)}
 			cmd := command{client: c.id, op: op.op, key: key, value: op.in.value}
-			w.chk.proposed(cmd)
+			g.chk.proposed(cmd)
 			if err := n.eng.Propose(cmd.encode()); err != nil {
-				w.tracef("client %d op %d put refused by n%d: %v", c.id, op.op, n.id, err)
+				g.tracef("client %d op %d put refused by n%d: %v", c.id, op.op, n.id, err)
 				continue
 			}
 			n.writes[[2]int{c.id, op.op}] = op
-			w.tracef("client %d op %d put(%s,%s) → n%d", c.id, op.op, key, op.in.value, n.id)
+			g.tracef("client %d op %d put(%s,%s) → n%d", c.id, op.op, key, op.in.value, n.id)
 		} else {
 			op.in = kvInput{key: key}
 			rctx := readCtx(c.id, op.op)
 			if err := n.eng.ReadIndex([]byte(rctx)); err != nil {
-				w.tracef("client %d op %d get refused by n%d: %v", c.id, op.op, n.id, err)
+				g.tracef("client %d op %d get refused by n%d: %v", c.id, op.op, n.id, err)
 				continue
 			}
 			n.reads[rctx] = op
-			w.tracef("client %d op %d get(%s) → n%d", c.id, op.op, key, n.id)
+			g.tracef("client %d op %d get(%s) → n%d", c.id, op.op, key, n.id)
 		}
 		c.cur = op
 	}
 }
 
-func (c *client) finished(w *world, op *clientOp) {
+func (c *client) finished(g *group, op *clientOp) {
 	if c.cur == op {
 		c.cur = nil
 	}
-	if w.liveness && op.call >= w.livenessStart {
+	if g.w.liveness && op.call >= g.w.livenessStart {
 		c.livenessDone = true
 	}
 }
@@ -277,28 +281,28 @@ func (w *world) beginLiveness() {
 		w.net.heal()
 	}
 	for _, id := range w.order {
-		if n := w.nodes[id]; !n.up && !n.retired {
-			n.restartAt = w.now
+		if m := w.machines[id]; !m.up && m.active() {
+			m.restartAt = w.now
 		}
 	}
 	w.tracef("liveness phase: network healed, crashed nodes restart")
 }
 
-// live reports whether the healed cluster has converged: one leader that
+// live reports whether the healed group has converged: one leader that
 // every running member follows, everything in its log as of the start of
 // its leadership applied everywhere, and a fresh operation by every client
 // completed.
-func (w *world) live() bool {
-	l := w.nodes[w.leader]
+func (g *group) live() bool {
+	l := g.nodes[g.leader]
 	if l == nil || !l.up || l.role != consensus.Leader {
 		return false
 	}
 	st := l.eng.Status()
-	if st.Epoch != w.markEpoch {
-		w.markEpoch, w.markIndex = st.Epoch, st.LastIndex
+	if st.Epoch != g.markEpoch {
+		g.markEpoch, g.markIndex = st.Epoch, st.LastIndex
 	}
-	for _, id := range w.order {
-		n := w.nodes[id]
+	for _, id := range g.order {
+		n := g.nodes[id]
 		if n.retired || !st.ConfState.IsMember(id) {
 			continue
 		}
@@ -306,11 +310,11 @@ func (w *world) live() bool {
 			return false
 		}
 		s := n.eng.Status()
-		if s.Epoch != st.Epoch || s.Leader != l.id || s.Applied < w.markIndex {
+		if s.Epoch != st.Epoch || s.Leader != l.id || s.Applied < g.markIndex {
 			return false
 		}
 	}
-	for _, c := range w.clients {
+	for _, c := range g.clients {
 		if !c.livenessDone {
 			return false
 		}
@@ -318,11 +322,11 @@ func (w *world) live() bool {
 	return true
 }
 
-func (w *world) livenessReport() string {
+func (g *group) livenessReport() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "leader hint %d, mark %d@%d;", w.leader, w.markIndex, w.markEpoch)
-	for _, id := range w.order {
-		n := w.nodes[id]
+	fmt.Fprintf(&b, "leader hint %d, mark %d@%d;", g.leader, g.markIndex, g.markEpoch)
+	for _, id := range g.order {
+		n := g.nodes[id]
 		switch {
 		case n.retired:
 			fmt.Fprintf(&b, " n%d retired;", id)
@@ -333,7 +337,7 @@ func (w *world) livenessReport() string {
 			fmt.Fprintf(&b, " n%d %s epoch=%d leader=%d commit=%d applied=%d last=%d;", id, s.Role, s.Epoch, s.Leader, s.Commit, s.Applied, s.LastIndex)
 		}
 	}
-	for _, c := range w.clients {
+	for _, c := range g.clients {
 		if !c.livenessDone {
 			fmt.Fprintf(&b, " client %d has no op completed since healing;", c.id)
 		}

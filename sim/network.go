@@ -14,13 +14,19 @@ type envelope struct {
 	at  int64  // virtual time of delivery
 	seq uint64 // tie-break, so delivery order is a function of the seed
 	m   consensus.Message
+	// group is the index of the group whose message this is: one
+	// connection between two machines carries the messages of every group.
+	group int
 	// fromInc is the sender's incarnation: a snapshot report goes back
 	// only to the process that sent the snapshot.
 	fromInc int
 }
 
 // network is the hostile virtual network: it drops, delays, reorders and
-// duplicates messages, and cuts links one way or both.
+// duplicates messages, and cuts links one way or both. A link joins two
+// machines and carries the messages of every group between them: a cut or
+// a flaky period hits them all, and they share one queue and one delay
+// distribution, as messages multiplexed over one connection would.
 type network struct {
 	rng      *rand.Rand
 	inflight []envelope // kept sorted by (at, seq)
@@ -64,7 +70,7 @@ func (n *network) partitioned() bool {
 
 // send queues m at time now, unless the network loses it. It reports
 // whether the message (or a copy) is on its way.
-func (n *network) send(now int64, m consensus.Message, fromInc int) bool {
+func (n *network) send(now int64, group int, m consensus.Message, fromInc int) bool {
 	if n.blocked(m.From, m.To) || n.rng.Float64() < n.drop || len(n.inflight) >= n.limit {
 		return false
 	}
@@ -78,7 +84,7 @@ func (n *network) send(now int64, m consensus.Message, fromInc int) bool {
 			d += n.rng.Int64N(n.slowDelay)
 		}
 		n.seq++
-		e := envelope{at: now + d, seq: n.seq, m: m, fromInc: fromInc}
+		e := envelope{at: now + d, seq: n.seq, m: m, group: group, fromInc: fromInc}
 		i, _ := slices.BinarySearchFunc(n.inflight, e, func(a, b envelope) int {
 			if a.at != b.at {
 				return cmp.Compare(a.at, b.at)

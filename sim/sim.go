@@ -38,7 +38,17 @@ type Options struct {
 	// Disable turns invariants off by name (tests use it to show that each
 	// checker on its own catches a broken variant).
 	Disable []string
+	// Groups is how many consensus groups share the virtual nodes (see
+	// "Multi-group mode" in the package doc). Default 1: a single group,
+	// the same run, event for event, as before the mode existed.
+	Groups int
+	// BrokenGroup, when positive, switches Variant on in that group only
+	// (numbered from 1); the other groups run correctly. Zero: every group.
+	BrokenGroup int
 }
+
+// maxGroups bounds Options.Groups.
+const maxGroups = 16
 
 func (o *Options) defaults() error {
 	if o.Engine == "" {
@@ -58,6 +68,21 @@ func (o *Options) defaults() error {
 	}
 	if o.LinearizabilityTimeout == 0 {
 		o.LinearizabilityTimeout = 10 * time.Second
+	}
+	if o.Groups == 0 {
+		o.Groups = 1
+	}
+	if o.Groups < 1 || o.Groups > maxGroups {
+		return fmt.Errorf("sim: Groups must be between 1 and %d, got %d", maxGroups, o.Groups)
+	}
+	switch {
+	case o.BrokenGroup < 0 || o.BrokenGroup > o.Groups:
+		return fmt.Errorf("sim: BrokenGroup %d is not a group of 1..%d", o.BrokenGroup, o.Groups)
+	case o.BrokenGroup > 0 && o.Variant == Correct:
+		return fmt.Errorf("sim: BrokenGroup %d names no broken variant", o.BrokenGroup)
+	case o.BrokenGroup > 0 && o.Variant == NeverHeal:
+		// The network is every group's: it cannot stay cut for one.
+		return fmt.Errorf("sim: %s breaks the shared network, not one group", NeverHeal)
 	}
 	return nil
 }
@@ -112,37 +137,42 @@ func (s Stats) String() string {
 type Result struct {
 	Seed      uint64
 	Violation *Violation // nil when every invariant held
-	Stats     Stats
+	// Stats is what the run exercised. In a multi-group run it sums the
+	// groups' stats, except Crashes and Partitions, which count each
+	// node crash and each partition once however many groups it hit.
+	Stats Stats
+	// GroupStats is what each group exercised, in group order (one entry
+	// in a single-group run, equal to Stats).
+	GroupStats []Stats
 	// Trace holds the last Options.TraceTail events, when asked for.
 	Trace []string
 }
 
-// node is one simulated process around an engine.
+// node is one group's replica on a virtual node (a machine): the engine
+// and the state machine around it. In a single-group run a node and its
+// machine are one simulated process.
 type node struct {
 	id      consensus.NodeID
+	g       *group
+	m       *machine
 	eng     consensus.Engine
-	up      bool
+	up      bool // the engine runs. Invariant: up implies m.up.
 	retired bool // removed from the group for good
 	member  bool // has been seen in the leader's configuration
 	// removing says the simulator proposed this node's removal; it is
 	// retired once the leading configuration no longer holds it.
 	removing bool
 	joinAt   int64
-	inc      int // incarnation: bumped at every restart
-	disk     *disk
+	inc      int   // incarnation: bumped at every restart
+	disk     *disk // the group's storage in the machine's shared log
 	kv       *kvState
 	applied  uint64
 	// appliedEpoch is the epoch of the entry at applied.
 	appliedEpoch uint64
 	lastSnap     uint64
-	// pending is a Ready whose durable parts await the sync at syncAt.
-	pending   *consensus.Ready
-	syncAt    int64
-	restartAt int64
-	floor     uint64 // durable commit when this incarnation started
-	// crashAt, when non-negative, is a crash the nemesis aimed at a
-	// moment: between a write and its sync, or right after a vote.
-	crashAt int64
+	// pending is a Ready whose durable parts await the machine's sync.
+	pending *consensus.Ready
+	floor   uint64 // durable commit when this incarnation started
 	dirty   bool
 	role    consensus.Role
 	// Client operations this incarnation is serving.
@@ -152,9 +182,37 @@ type node struct {
 	staleHS  consensus.HardState // the durable HardState before the latest (for StaleCommit)
 	// lastPromise is the last Paxos promise written (for aimCrash).
 	lastPromise uint64
+	lastEpoch   uint64
+}
+
+// machine is a virtual node: one process hosting a replica of each group
+// placed on it (replica IDs are machine IDs), with one disk holding one
+// shared log, and one link to each other machine. A crash, restart or
+// partition of a machine hits all its replicas at once.
+type machine struct {
+	id       consensus.NodeID
+	up       bool
+	log      *sharedLog
+	replicas []*node // by group index; nil where the group has none
+	// syncAt, when non-negative, is the time of the shared log's next
+	// fsync, which completes the pending Ready of every replica.
+	syncAt    int64
+	restartAt int64
+	// crashAt, when non-negative, is a crash the nemesis aimed at a
+	// moment: between a write and its sync, or right after a vote.
+	crashAt int64
 	// quickRestart makes the next crash restart at once (set by aimCrash).
 	quickRestart bool
-	lastEpoch    uint64
+}
+
+// active reports whether some group still has a replica on m.
+func (m *machine) active() bool {
+	for _, n := range m.replicas {
+		if n != nil && !n.retired {
+			return true
+		}
+	}
+	return false
 }
 
 // churnEvent is a planned failure of the leader of epoch, if it still leads.
@@ -173,14 +231,44 @@ type client struct {
 	livenessDone bool
 }
 
+// world is one run: virtual time, the RNGs, the network and the machines,
+// shared by every group.
 type world struct {
-	opts    Options
-	rng     *rand.Rand
-	net     *network
-	chk     *checker
-	factory EngineFactory
+	opts     Options
+	rng      *rand.Rand
+	net      *network
+	factory  EngineFactory
+	now      int64
+	machines map[consensus.NodeID]*machine
+	order    []consensus.NodeID // machine IDs, sorted
+	groups   []*group
+	// stats counts what happens to machines, once per event: crashes and
+	// partitions (each group counts them too, in its own stats).
+	stats         Stats
+	err           *Violation
+	liveness      bool
+	livenessStart int64
+	healAt        int64
+	flakyEnd      int64
+	// intensity scales the nemesis (1 = mild, 4 = brutal), fixed per run.
+	intensity float64
+	// churn is the chance that a newly elected leader is crashed soon.
+	churn     float64
+	faulty    bool
+	trace     []string
+	traceHead int
+	traceFull bool
+}
+
+// group is one consensus group: its replicas, state machine, clients,
+// history and checker. Its replicas live on the world's machines.
+type group struct {
+	w       *world
+	idx     int // index in w.groups
+	num     int // idx+1, as printed
+	variant Variant
 	flavor  uint64
-	now     int64
+	chk     *checker
 	nodes   map[consensus.NodeID]*node
 	order   []consensus.NodeID
 	nextID  consensus.NodeID
@@ -188,56 +276,24 @@ type world struct {
 	keys    []string
 	hist    history
 	stats   Stats
-	err     *Violation
 	// leader is the last node seen leading (a hint for clients and admin).
-	leader        consensus.NodeID
-	liveness      bool
-	livenessStart int64
+	leader consensus.NodeID
 	// markEpoch and markIndex: the leader's epoch and last index when it was
 	// first seen leading in the liveness phase; everything up to markIndex
 	// must be applied on every member.
 	markEpoch, markIndex uint64
 	// leaderEpoch is the highest epoch seen led.
 	leaderEpoch uint64
-	healAt      int64
-	flakyEnd    int64
 	// snapEvery is how many applied entries between application snapshots.
 	snapEvery uint64
-	// intensity scales the nemesis (1 = mild, 4 = brutal), fixed per run.
-	intensity float64
-	// churn is the chance that a newly elected leader is crashed soon.
-	churn     float64
 	churnAt   []churnEvent
-	faulty    bool
-	trace     []string
-	traceHead int
-	traceFull bool
 }
 
 // Run executes one seeded run and reports what it found.
 func Run(opts Options) (res Result) {
-	if err := opts.defaults(); err != nil {
+	w, err := newWorld(opts)
+	if err != nil {
 		return Result{Seed: opts.Seed, Violation: violation(Contract, "%v", err)}
-	}
-	w := &world{
-		opts:    opts,
-		rng:     rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5851f42d4c957f2d)),
-		chk:     newChecker(),
-		factory: Engines[opts.Engine],
-		nodes:   map[consensus.NodeID]*node{},
-		keys:    []string{"a", "b", "c"},
-	}
-	w.chk.logMatching = logMatchingEngines[opts.Engine]
-	w.net = newNetwork(rand.New(rand.NewPCG(opts.Seed^0xda942042e4dd58b5, opts.Seed)))
-	w.flavor = w.rng.Uint64()
-	w.snapEvery = uint64(10 + w.rng.IntN(40))
-	w.intensity = float64(1 + w.rng.IntN(4))
-	if w.rng.IntN(2) == 0 {
-		w.churn = 0.8
-	}
-	w.net.drop, w.net.dup = 0.01, 0.01
-	if opts.TraceTail > 0 {
-		w.trace = make([]string, opts.TraceTail)
 	}
 	defer func() {
 		// A panic in an engine is an invariant it checks itself: report
@@ -247,14 +303,70 @@ func Run(opts Options) (res Result) {
 			res = w.result()
 		}
 	}()
+	w.boot()
 	w.run()
 	return w.result()
 }
 
+// newWorld draws a run's parameters from its seed.
+func newWorld(opts Options) (*world, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	w := &world{
+		opts:     opts,
+		rng:      rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5851f42d4c957f2d)),
+		factory:  Engines[opts.Engine],
+		machines: map[consensus.NodeID]*machine{},
+	}
+	w.net = newNetwork(rand.New(rand.NewPCG(opts.Seed^0xda942042e4dd58b5, opts.Seed)))
+	// One connection per machine pair carries every group: its bound on
+	// messages in flight grows with them.
+	w.net.limit *= opts.Groups
+	for i := range opts.Groups {
+		g := &group{w: w, idx: i, num: i + 1, chk: newChecker(), nodes: map[consensus.NodeID]*node{}, keys: []string{"a", "b", "c"}}
+		g.chk.logMatching = logMatchingEngines[opts.Engine]
+		if opts.BrokenGroup == 0 || opts.BrokenGroup == g.num {
+			g.variant = opts.Variant
+		}
+		w.groups = append(w.groups, g)
+	}
+	// The first group draws what a single-group run draws, in the same
+	// order; the others draw theirs after, so a single group replays the
+	// runs it always did.
+	g1 := w.groups[0]
+	g1.flavor = w.rng.Uint64()
+	g1.snapEvery = uint64(10 + w.rng.IntN(40))
+	w.intensity = float64(1 + w.rng.IntN(4))
+	if w.rng.IntN(2) == 0 {
+		w.churn = 0.8
+	}
+	for _, g := range w.groups[1:] {
+		g.flavor = w.rng.Uint64()
+		g.snapEvery = uint64(10 + w.rng.IntN(40))
+	}
+	w.net.drop, w.net.dup = 0.01, 0.01
+	if opts.TraceTail > 0 {
+		w.trace = make([]string, opts.TraceTail)
+	}
+	return w, nil
+}
+
+func (w *world) multi() bool { return w.opts.Groups > 1 }
+
 func (w *world) result() Result {
-	w.stats.Runs = 1
-	w.stats.Ticks = w.now / unitsPerTick
-	res := Result{Seed: w.opts.Seed, Violation: w.err, Stats: w.stats}
+	ticks := w.now / unitsPerTick
+	res := Result{Seed: w.opts.Seed, Violation: w.err}
+	for _, g := range w.groups {
+		gs := g.stats
+		gs.Runs, gs.Ticks = 1, ticks
+		res.GroupStats = append(res.GroupStats, gs)
+		res.Stats.Add(gs)
+	}
+	res.Stats.Runs, res.Stats.Ticks = 1, ticks
+	if w.multi() {
+		res.Stats.Crashes, res.Stats.Partitions = w.stats.Crashes, w.stats.Partitions
+	}
 	if w.trace != nil {
 		if w.traceFull {
 			res.Trace = append(slices.Clone(w.trace[w.traceHead:]), w.trace[:w.traceHead]...)
@@ -284,6 +396,18 @@ func (w *world) tracef(format string, args ...any) {
 	}
 }
 
+// tracef traces an event of the group, tagged with it in a multi-group run.
+func (g *group) tracef(format string, args ...any) {
+	if !g.w.tracing() {
+		return
+	}
+	if g.w.multi() {
+		format = "g%d " + format
+		args = append([]any{g.num}, args...)
+	}
+	g.w.tracef(format, args...)
+}
+
 func (w *world) fail(v *Violation) {
 	if v == nil || w.err != nil || slices.Contains(w.opts.Disable, v.Invariant) {
 		return
@@ -292,23 +416,61 @@ func (w *world) fail(v *Violation) {
 	w.tracef("VIOLATION %s", v)
 }
 
-func (w *world) run() {
+// fail reports a violation of the group's invariants, naming the group in a
+// multi-group run.
+func (g *group) fail(v *Violation) {
+	if v == nil {
+		return
+	}
+	if g.w.multi() {
+		v.Group = g.num
+	}
+	g.w.fail(v)
+}
+
+// failStorage reports a record of machine m's log that could not be
+// replayed, against the group it belongs to.
+func (w *world) failStorage(m *machine, err error) {
+	v := violation(Contract, "node %d: %v", m.id, err)
+	var re *recordError
+	if errors.As(err, &re) && w.multi() {
+		v.Group = re.group
+	}
+	w.fail(v)
+}
+
+// boot places every group's initial voters on the first Nodes machines.
+func (w *world) boot() {
 	initial := make([]consensus.NodeID, w.opts.Nodes)
 	for i := range initial {
 		initial[i] = consensus.NodeID(i + 1)
 	}
-	w.nextID = consensus.NodeID(w.opts.Nodes + 1)
-	preVote, checkQuorum := RaftFlavor(w.flavor)
-	w.tracef("run seed=%d engine=%s nodes=%d flavor: prevote=%v checkquorum=%v snapshot every %d, variant=%q",
-		w.opts.Seed, w.opts.Engine, w.opts.Nodes, preVote, checkQuorum, w.snapEvery, w.opts.Variant)
-	for _, id := range initial {
-		n := w.addNode(id, consensus.ConfState{Voters: initial})
-		n.member = true
+	for _, g := range w.groups {
+		g.nextID = consensus.NodeID(w.opts.Nodes + 1)
+		preVote, checkQuorum := RaftFlavor(g.flavor)
+		if !w.multi() {
+			w.tracef("run seed=%d engine=%s nodes=%d flavor: prevote=%v checkquorum=%v snapshot every %d, variant=%q",
+				w.opts.Seed, w.opts.Engine, w.opts.Nodes, preVote, checkQuorum, g.snapEvery, w.opts.Variant)
+		} else {
+			if g.idx == 0 {
+				w.tracef("run seed=%d engine=%s nodes=%d groups=%d variant=%q in group %d (0: all)",
+					w.opts.Seed, w.opts.Engine, w.opts.Nodes, w.opts.Groups, w.opts.Variant, w.opts.BrokenGroup)
+			}
+			g.tracef("flavor: prevote=%v checkquorum=%v snapshot every %d, variant=%q",
+				preVote, checkQuorum, g.snapEvery, g.variant)
+		}
+		for _, id := range initial {
+			n := g.addNode(id, consensus.ConfState{Voters: initial})
+			n.member = true
+		}
+		for i := range 4 {
+			g.clients = append(g.clients, &client{id: i + 1, nextOp: 1})
+		}
 	}
-	for i := range 4 {
-		w.clients = append(w.clients, &client{id: i + 1, nextOp: 1})
-	}
+}
 
+// run is the safety phase, the liveness phase and the final checks.
+func (w *world) run() {
 	end := int64(w.opts.SafetyTicks) * unitsPerTick
 	for ; w.now < end && w.err == nil; w.now++ {
 		w.step(true)
@@ -328,33 +490,75 @@ func (w *world) run() {
 	if w.err != nil {
 		return
 	}
-	if !w.live() {
-		w.fail(violation(Liveness, "%d ticks after healing: %s", w.opts.LivenessBound, w.livenessReport()))
-		return
+	for _, g := range w.groups {
+		if !g.live() {
+			g.fail(violation(Liveness, "%d ticks after healing: %s", w.opts.LivenessBound, g.livenessReport()))
+			return
+		}
 	}
-	// Operations still outstanding never learned their outcome.
-	for _, c := range w.clients {
-		w.abandon(c)
+	for _, g := range w.groups {
+		// Operations still outstanding never learned their outcome.
+		for _, c := range g.clients {
+			g.abandon(c)
+		}
+		g.fail(checkLinearizable(g.hist.ops, w.opts.LinearizabilityTimeout))
+		if w.err != nil {
+			return
+		}
 	}
-	w.fail(checkLinearizable(w.hist.ops, w.opts.LinearizabilityTimeout))
 }
 
-func (w *world) addNode(id consensus.NodeID, cs consensus.ConfState) *node {
-	n := &node{id: id, disk: newDisk(cs), joinAt: w.now, syncAt: -1, crashAt: -1}
+// live reports whether every group has converged. Each group is asked, so
+// each sets its liveness mark when it first sees its leader.
+func (w *world) live() bool {
+	ok := true
+	for _, g := range w.groups {
+		if !g.live() {
+			ok = false
+		}
+	}
+	return ok
+}
+
+// addNode places a replica of g with the given ID on the machine of that
+// ID, booting the machine if nothing runs on it. On a machine that is down
+// the replica starts when the machine restarts.
+func (g *group) addNode(id consensus.NodeID, cs consensus.ConfState) *node {
+	w := g.w
+	m := w.machines[id]
+	if m == nil {
+		m = &machine{id: id, log: &sharedLog{}, replicas: make([]*node, len(w.groups)), syncAt: -1, crashAt: -1}
+		w.machines[id] = m
+		w.order = append(w.order, id)
+		slices.Sort(w.order)
+	}
+	if !m.active() {
+		// Nothing runs there: a fresh process.
+		m.up, m.syncAt, m.crashAt, m.quickRestart = true, -1, -1, false
+	}
+	group := 0
+	if w.multi() {
+		group = g.num
+	}
+	n := &node{id: id, g: g, m: m, disk: m.log.attach(cs, group), joinAt: w.now}
 	// Raft's storage drops the whole log on a snapshot install; a Paxos
 	// acceptor keeps what it accepted after the snapshot (the WAL's rule).
 	n.disk.installKeepsSuffix = !logMatchingEngines[w.opts.Engine]
-	w.nodes[id] = n
-	w.order = append(w.order, id)
-	slices.Sort(w.order)
-	w.start(n)
+	m.replicas[g.idx] = n
+	g.nodes[id] = n
+	g.order = append(g.order, id)
+	slices.Sort(g.order)
+	if m.up {
+		g.start(n)
+	}
 	return n
 }
 
 // start (re)creates n's engine from its durable storage.
-func (w *world) start(n *node) {
+func (g *group) start(n *node) {
+	w := g.w
 	st := n.disk.initial()
-	switch w.opts.Variant {
+	switch g.variant {
 	case ForgetVote:
 		st.HardState.Vote = consensus.None
 	case StaleCommit:
@@ -363,11 +567,11 @@ func (w *world) start(n *node) {
 		}
 	}
 	eng, err := w.factory(EngineConfig{
-		ID: n.id, Seed: nodeSeed(w.opts.Seed, n.id) + uint64(n.inc), ElectionTicks: 10, HeartbeatTicks: 1,
-		Flavor: w.flavor, Variant: w.opts.Variant, Nodes: w.opts.Nodes,
+		ID: n.id, Seed: nodeSeed(groupSeed(w.opts.Seed, g.num), n.id) + uint64(n.inc), ElectionTicks: 10, HeartbeatTicks: 1,
+		Flavor: g.flavor, Variant: g.variant, Nodes: w.opts.Nodes,
 	}, st)
 	if err != nil {
-		w.fail(violation(Contract, "node %d cannot restart from its durable state: %v", n.id, err))
+		g.fail(violation(Contract, "node %d cannot restart from its durable state: %v", n.id, err))
 		return
 	}
 	n.eng, n.up, n.inc = eng, true, n.inc+1
@@ -376,62 +580,108 @@ func (w *world) start(n *node) {
 	if st.Snapshot.Index > 0 {
 		kv, err := decodeKV(n.disk.durable.snap.Data)
 		if err != nil {
-			w.fail(violation(Contract, "node %d: snapshot at %d unreadable: %v", n.id, st.Snapshot.Index, err))
+			g.fail(violation(Contract, "node %d: snapshot at %d unreadable: %v", n.id, st.Snapshot.Index, err))
 			return
 		}
 		n.kv = kv
 	}
 	n.floor = n.disk.durable.hs.Commit
-	n.pending, n.syncAt, n.readWait = nil, -1, nil
+	n.pending, n.readWait = nil, nil
 	n.writes, n.reads = map[[2]int]*clientOp{}, map[string]*clientOp{}
 	n.dirty, n.role = true, consensus.Follower
-	w.tracef("n%d start inc=%d hs=%+v snap=%d entries=%d", n.id, n.inc, st.HardState, st.Snapshot.Index, len(st.Entries))
+	g.tracef("n%d start inc=%d hs=%+v snap=%d entries=%d", n.id, n.inc, st.HardState, st.Snapshot.Index, len(st.Entries))
 }
 
-func (w *world) crash(n *node) {
-	keep := w.rng.IntN(len(n.disk.unsynced) + 1)
-	w.tracef("n%d CRASH (keeps %d of %d unsynced writes)", n.id, keep, len(n.disk.unsynced))
-	before := n.disk.durable.hs
-	if err := n.disk.crash(keep); err != nil {
-		w.fail(violation(Contract, "node %d: %v", n.id, err))
+// restart brings machine m back: every replica still in its group starts
+// from what its group's disk holds.
+func (w *world) restart(m *machine) {
+	m.up, m.syncAt = true, -1
+	for _, n := range m.replicas {
+		if n != nil && !n.retired {
+			n.g.start(n)
+		}
 	}
-	if n.disk.durable.hs != before {
-		n.staleHS = before
+}
+
+// crash stops machine m and every replica on it. Its shared log keeps a
+// random prefix of the unsynced records, whatever group wrote them.
+func (w *world) crash(m *machine) {
+	keep := w.rng.IntN(len(m.log.unsynced) + 1)
+	if w.multi() && w.tracing() {
+		// Which groups' records the torn tail kept, and which it lost.
+		var b strings.Builder
+		for i, r := range m.log.unsynced {
+			if i == keep {
+				b.WriteString(" |")
+			}
+			fmt.Fprintf(&b, " g%d", r.d.group)
+		}
+		if keep == len(m.log.unsynced) {
+			b.WriteString(" |")
+		}
+		w.tracef("n%d CRASH (keeps %d of %d unsynced writes:%s)", m.id, keep, len(m.log.unsynced), b.String())
+	} else {
+		w.tracef("n%d CRASH (keeps %d of %d unsynced writes)", m.id, keep, len(m.log.unsynced))
 	}
-	n.up, n.eng, n.crashAt = false, nil, -1
-	n.restartAt = w.now + int64(10+w.rng.IntN(70))*unitsPerTick
+	before := make([]consensus.HardState, len(m.replicas))
+	for i, n := range m.replicas {
+		if n != nil {
+			before[i] = n.disk.durable.hs
+		}
+	}
+	if err := m.log.crash(keep); err != nil {
+		w.failStorage(m, err)
+	}
+	var wasUp []*node
+	for i, n := range m.replicas {
+		if n == nil {
+			continue
+		}
+		if n.disk.durable.hs != before[i] {
+			n.staleHS = before[i]
+		}
+		if n.up {
+			wasUp = append(wasUp, n)
+			n.up, n.eng = false, nil
+		}
+	}
+	m.up, m.crashAt = false, -1
+	m.restartAt = w.now + int64(10+w.rng.IntN(70))*unitsPerTick
 	if w.rng.IntN(3) == 0 {
 		// A supervisor restarts the process at once.
-		n.restartAt = w.now + int64(w.rng.IntN(2))*unitsPerTick
+		m.restartAt = w.now + int64(w.rng.IntN(2))*unitsPerTick
 	}
-	if n.quickRestart {
-		n.restartAt, n.quickRestart = w.now, false
+	if m.quickRestart {
+		m.restartAt, m.quickRestart = w.now, false
 	}
 	w.stats.Crashes++
-	w.failOps(n)
+	for _, n := range wasUp {
+		n.g.stats.Crashes++
+		n.g.failOps(n)
+	}
 }
 
 // failOps ends the client operations n was serving: writes become unknown
 // (they may still commit), reads are dropped (they had no effect).
-func (w *world) failOps(n *node) {
-	for _, c := range w.clients {
+func (g *group) failOps(n *node) {
+	for _, c := range g.clients {
 		if c.cur != nil && c.cur.node == n.id && c.cur.inc == n.inc {
-			w.abandon(c)
+			g.abandon(c)
 		}
 	}
 	n.writes, n.reads, n.readWait = map[[2]int]*clientOp{}, map[string]*clientOp{}, nil
 }
 
-func (w *world) abandon(c *client) {
+func (g *group) abandon(c *client) {
 	if c.cur == nil {
 		return
 	}
 	if c.cur.in.put {
-		w.hist.unknown(c.cur)
-		w.stats.WritesUnknown++
-		w.tracef("client %d op %d outcome unknown", c.id, c.cur.op)
+		g.hist.unknown(c.cur)
+		g.stats.WritesUnknown++
+		g.tracef("client %d op %d outcome unknown", c.id, c.cur.op)
 	}
-	if n := w.nodes[c.cur.node]; n != nil && n.inc == c.cur.inc {
+	if n := g.nodes[c.cur.node]; n != nil && n.inc == c.cur.inc {
 		delete(n.writes, [2]int{c.id, c.cur.op})
 		delete(n.reads, readCtx(c.id, c.cur.op))
 	}
@@ -442,156 +692,190 @@ func (w *world) abandon(c *client) {
 func (w *world) step(faults bool) {
 	w.faulty = faults
 	for _, id := range w.order {
-		if n := w.nodes[id]; n.up && n.crashAt >= 0 && n.crashAt <= w.now {
-			w.crash(n)
+		if m := w.machines[id]; m.up && m.crashAt >= 0 && m.crashAt <= w.now {
+			w.crash(m)
 		}
 	}
-	w.churnStep()
+	for _, g := range w.groups {
+		g.churnStep()
+	}
 	if w.now%unitsPerTick == 0 {
-		for _, id := range w.order {
-			if n := w.nodes[id]; n.up {
-				n.eng.Tick()
-				n.dirty = true
+		for _, g := range w.groups {
+			for _, id := range g.order {
+				if n := g.nodes[id]; n.up {
+					n.eng.Tick()
+					n.dirty = true
+				}
 			}
 		}
 		if faults {
 			w.nemesis()
-			w.admin()
+			for _, g := range w.groups {
+				g.admin()
+			}
 		}
 		w.restarts()
-		w.clientsTick()
+		for _, g := range w.groups {
+			g.clientsTick()
+		}
 	}
 	for w.err == nil {
 		e, lost, ok := w.net.due(w.now)
 		if !ok {
 			break
 		}
+		g := w.groups[e.group]
 		if lost {
-			w.stats.Dropped++
-			w.reportSnap(e, false)
+			g.stats.Dropped++
+			g.reportSnap(e, false)
 			continue
 		}
-		w.deliver(e)
+		g.deliver(e)
 	}
 	for _, id := range w.order {
-		if n := w.nodes[id]; n.up && n.syncAt >= 0 && n.syncAt <= w.now && w.err == nil {
-			w.finishSync(n)
+		if m := w.machines[id]; m.up && m.syncAt >= 0 && m.syncAt <= w.now && w.err == nil {
+			w.finishSync(m)
 		}
 	}
-	for _, id := range w.order {
-		if n := w.nodes[id]; n.up && w.err == nil {
-			w.drain(n)
+	for _, g := range w.groups {
+		for _, id := range g.order {
+			if n := g.nodes[id]; n.up && w.err == nil {
+				g.drain(n)
+			}
 		}
 	}
-	for _, id := range w.order {
-		if n := w.nodes[id]; n.up && n.dirty && w.err == nil {
-			w.checkNode(n)
+	for _, g := range w.groups {
+		for _, id := range g.order {
+			if n := g.nodes[id]; n.up && n.dirty && w.err == nil {
+				g.checkNode(n)
+			}
 		}
 	}
 }
 
-func (w *world) deliver(e envelope) {
-	n := w.nodes[e.m.To]
+func (g *group) deliver(e envelope) {
+	n := g.nodes[e.m.To]
 	if n == nil || !n.up {
-		w.reportSnap(e, false)
+		g.reportSnap(e, false)
 		return
 	}
-	w.tracef("deliver %s", e.m)
+	g.tracef("deliver %s", e.m)
 	if err := n.eng.Step(e.m); err != nil && !errors.Is(err, consensus.ErrProposalDropped) && !errors.Is(err, consensus.ErrNotLeader) {
-		w.tracef("n%d step error: %v", n.id, err)
+		g.tracef("n%d step error: %v", n.id, err)
 	}
 	n.dirty = true
-	w.reportSnap(e, true)
-	w.drain(n)
+	g.reportSnap(e, true)
+	g.drain(n)
 }
 
 // reportSnap tells a snapshot's sender, if still the same process, how the
 // transfer ended, as a runtime's transport would.
-func (w *world) reportSnap(e envelope, ok bool) {
+func (g *group) reportSnap(e envelope, ok bool) {
 	if e.m.Type != consensus.MsgSnap {
 		return
 	}
-	if s := w.nodes[e.m.From]; s != nil && s.up && s.inc == e.fromInc {
+	if s := g.nodes[e.m.From]; s != nil && s.up && s.inc == e.fromInc {
 		s.eng.ReportSnapshot(e.m.To, ok)
 		s.dirty = true
 	}
 }
 
-// drain handles n's Readies until one must wait for the disk.
-func (w *world) drain(n *node) {
+// drain handles n's Readies until one must wait for the disk. A Ready that
+// must be synced joins the machine's next fsync of its shared log (group
+// commit) or schedules one.
+func (g *group) drain(n *node) {
+	w, m := g.w, n.m
 	for n.up && n.pending == nil && w.err == nil && n.eng.HasReady() {
 		rd := n.eng.Ready()
 		n.dirty = true
-		w.write(n, &rd)
+		g.write(n, &rd)
 		if w.err != nil {
 			return
 		}
 		if !rd.MustSync {
-			w.complete(n, &rd)
+			g.complete(n, &rd)
 			continue
 		}
-		if n.syncAt < 0 {
-			n.syncAt = w.now + 1 + w.rng.Int64N(6)
+		if m.syncAt < 0 {
+			m.syncAt = w.now + 1 + w.rng.Int64N(6)
 			if w.rng.IntN(50) == 0 {
-				n.syncAt += w.rng.Int64N(40) // a slow disk
+				m.syncAt += w.rng.Int64N(40) // a slow disk
 			}
 		}
-		w.aimCrash(n, &rd)
-		if w.opts.Variant == SendBeforePersist {
-			w.complete(n, &rd)
+		g.aimCrash(n, &rd)
+		if g.variant == SendBeforePersist {
+			g.complete(n, &rd)
 			continue
 		}
 		n.pending = &rd
 	}
 }
 
-// churnStep carries out the leader failures planned for now: a crash, or
-// isolation when the network is whole.
-func (w *world) churnStep() {
-	keep := w.churnAt[:0]
-	for _, ev := range w.churnAt {
+// churnStep carries out the leader failures planned for now: a crash of the
+// leader's machine, or its isolation when the network is whole.
+func (g *group) churnStep() {
+	w := g.w
+	keep := g.churnAt[:0]
+	for _, ev := range g.churnAt {
 		if ev.at > w.now {
 			keep = append(keep, ev)
 			continue
 		}
-		n := w.nodes[ev.id]
+		n := g.nodes[ev.id]
 		if !w.faulty || n == nil || !n.up || n.eng.Status().Epoch != ev.epoch {
 			continue
 		}
 		if w.net.partitioned() || w.rng.IntN(2) == 0 {
-			w.crash(n)
+			w.crash(n.m)
 			continue
 		}
-		var ids []consensus.NodeID
-		for _, id := range w.order {
-			if !w.nodes[id].retired {
-				ids = append(ids, id)
-			}
-		}
-		desc := w.net.partition(shapeIsolate, ids, n.id, w.rng)
+		desc := w.net.partition(shapeIsolate, w.activeMachines(), n.id, w.rng)
 		w.healAt = w.now + int64(2+w.rng.IntN(30))*unitsPerTick
-		w.stats.Partitions++
-		w.tracef("nemesis: churn: %s until t=%d", desc, w.healAt/unitsPerTick)
+		w.countPartition()
+		g.tracef("nemesis: churn: %s until t=%d", desc, w.healAt/unitsPerTick)
 	}
-	w.churnAt = keep
+	g.churnAt = keep
+}
+
+// activeMachines lists the machines some group still has a replica on.
+func (w *world) activeMachines() []consensus.NodeID {
+	var ids []consensus.NodeID
+	for _, id := range w.order {
+		if w.machines[id].active() {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// countPartition counts a partition once for the run and once for each
+// group, all of whose messages it cuts.
+func (w *world) countPartition() {
+	w.stats.Partitions++
+	for _, g := range w.groups {
+		g.stats.Partitions++
+	}
 }
 
 // aimCrash sometimes schedules a crash at the most dangerous moments: after
 // a Ready is written but before it is synced (what was not synced is lost),
 // and right after a vote is made durable and sent (the voter restarts at
-// once, while the election is still going on).
-func (w *world) aimCrash(n *node, rd *consensus.Ready) {
-	if !w.faulty || n.crashAt >= 0 {
+// once, while the election is still going on). The crash is the machine's:
+// it takes every group on it down. Each group's chance is divided by the
+// number of groups, so a machine is not crashed more often for hosting more.
+func (g *group) aimCrash(n *node, rd *consensus.Ready) {
+	w, m := g.w, n.m
+	if !w.faulty || m.crashAt >= 0 {
 		return
 	}
 	switch {
-	case (rd.HardState.Vote != consensus.None || w.promised(n, rd)) && w.rng.Float64() < 0.05*w.intensity:
-		n.crashAt = n.syncAt + 1 + w.rng.Int64N(unitsPerTick)
+	case (rd.HardState.Vote != consensus.None || g.promised(n, rd)) && w.rng.Float64() < 0.05*w.intensity/float64(len(w.groups)):
+		m.crashAt = m.syncAt + 1 + w.rng.Int64N(unitsPerTick)
 		// A Paxos acceptor comes back at once, while the proposers it
 		// promised and the ones it refused are both still at work.
-		n.quickRestart = !w.chk.logMatching
-	case w.rng.Float64() < 0.002*w.intensity:
-		n.crashAt = w.now + w.rng.Int64N(n.syncAt-w.now+1)
+		m.quickRestart = !g.chk.logMatching
+	case w.rng.Float64() < 0.002*w.intensity/float64(len(w.groups)):
+		m.crashAt = w.now + w.rng.Int64N(m.syncAt-w.now+1)
 	}
 }
 
@@ -599,33 +883,43 @@ func (w *world) aimCrash(n *node, rd *consensus.Ready) {
 // proposer's ballot, or to the node's own when it starts phase 1): the
 // Paxos counterpart of a vote. Always false for Raft, whose runs draw no
 // randomness for it.
-func (w *world) promised(n *node, rd *consensus.Ready) bool {
-	if w.chk.logMatching || rd.HardState.IsEmpty() || rd.HardState.Epoch == n.lastPromise {
+func (g *group) promised(n *node, rd *consensus.Ready) bool {
+	if g.chk.logMatching || rd.HardState.IsEmpty() || rd.HardState.Epoch == n.lastPromise {
 		return false
 	}
 	n.lastPromise = rd.HardState.Epoch
 	return true
 }
 
-func (w *world) finishSync(n *node) {
-	if err := n.disk.sync(); err != nil {
-		w.fail(violation(Contract, "node %d: %v", n.id, err))
+// finishSync is the fsync of m's shared log: every group's writes become
+// durable together, and every replica whose Ready waited for it goes on.
+func (w *world) finishSync(m *machine) {
+	if err := m.log.sync(); err != nil {
+		w.failStorage(m, err)
 		return
 	}
-	n.syncAt = -1
-	if rd := n.pending; rd != nil {
-		n.pending = nil
-		w.complete(n, rd)
+	m.syncAt = -1
+	// Every pending Ready was written before this sync; one that a
+	// replica's drain writes below waits for the next.
+	for _, n := range m.replicas {
+		if n == nil || !n.up || w.err != nil {
+			continue
+		}
+		if rd := n.pending; rd != nil {
+			n.pending = nil
+			n.g.complete(n, rd)
+		}
+		n.g.drain(n)
 	}
-	w.drain(n)
 }
 
 // write performs the durable part of rd on n's disk (unsynced until the
 // sync), checking log matching on every entry and leader completeness on the
 // first entry of each new epoch.
-func (w *world) write(n *node, rd *consensus.Ready) {
+func (g *group) write(n *node, rd *consensus.Ready) {
+	w := g.w
 	d := n.disk
-	fail := func(err error) { w.fail(violation(Contract, "node %d: %v", n.id, err)) }
+	fail := func(err error) { g.fail(violation(Contract, "node %d: %v", n.id, err)) }
 	if rd.Snapshot != nil {
 		if err := d.write(diskOp{kind: opInstall, snap: *rd.Snapshot}); err != nil {
 			fail(err)
@@ -644,17 +938,17 @@ func (w *world) write(n *node, rd *consensus.Ready) {
 			fail(err)
 			return
 		}
-		if ok && w.chk.logMatching {
-			if v := w.chk.observeWrite(n.id, e, prev); v != nil {
-				w.fail(v)
+		if ok && g.chk.logMatching {
+			if v := g.chk.observeWrite(n.id, e, prev); v != nil {
+				g.fail(v)
 				return
 			}
 		}
 	}
-	if len(rd.Entries) > 0 && w.chk.logMatching {
+	if len(rd.Entries) > 0 && g.chk.logMatching {
 		last := rd.Entries[len(rd.Entries)-1]
-		if v := w.chk.checkCompleteness(n.id, last.Epoch, last.Index, d.view.snap.Meta.Index, d.view.entryAt); v != nil {
-			w.fail(v)
+		if v := g.chk.checkCompleteness(n.id, last.Epoch, last.Index, d.view.snap.Meta.Index, d.view.entryAt); v != nil {
+			g.fail(v)
 			return
 		}
 	}
@@ -679,65 +973,67 @@ func (w *world) write(n *node, rd *consensus.Ready) {
 			fmt.Fprintf(&b, " hs=%+v", rd.HardState)
 		}
 		fmt.Fprintf(&b, " sync=%v", rd.MustSync)
-		w.tracef("n%d write%s", n.id, b.String())
+		g.tracef("n%d write%s", n.id, b.String())
 	}
 }
 
 // complete sends rd's messages, applies its snapshot and committed entries,
 // serves reads, and advances the engine.
-func (w *world) complete(n *node, rd *consensus.Ready) {
+func (g *group) complete(n *node, rd *consensus.Ready) {
+	w := g.w
 	for _, m := range rd.Messages {
-		w.send(n, m)
+		g.send(n, m)
 	}
 	if s := rd.Snapshot; s != nil {
 		kv, err := decodeKV(s.Data)
 		if err != nil {
-			w.fail(violation(Contract, "node %d: installed snapshot at %d unreadable: %v", n.id, s.Meta.Index, err))
+			g.fail(violation(Contract, "node %d: installed snapshot at %d unreadable: %v", n.id, s.Meta.Index, err))
 			return
 		}
 		n.kv, n.applied, n.appliedEpoch, n.lastSnap = kv, s.Meta.Index, s.Meta.Epoch, s.Meta.Index
-		w.stats.Snapshots++
-		w.tracef("n%d installed snapshot %d/%d", n.id, s.Meta.Index, s.Meta.Epoch)
-		if v := w.chk.observeInstall(n.id, s.Meta.Index, s.Meta.Epoch, kv.hash()); v != nil {
-			w.fail(v)
+		g.stats.Snapshots++
+		g.tracef("n%d installed snapshot %d/%d", n.id, s.Meta.Index, s.Meta.Epoch)
+		if v := g.chk.observeInstall(n.id, s.Meta.Index, s.Meta.Epoch, kv.hash()); v != nil {
+			g.fail(v)
 			return
 		}
 	}
 	for _, e := range rd.Committed {
 		if e.Index != n.applied+1 {
-			w.fail(violation(Contract, "node %d was handed entry %d to apply after %d", n.id, e.Index, n.applied))
+			g.fail(violation(Contract, "node %d was handed entry %d to apply after %d", n.id, e.Index, n.applied))
 			return
 		}
-		w.apply(n, e)
+		g.apply(n, e)
 		if w.err != nil {
 			return
 		}
 	}
 	n.readWait = append(n.readWait, rd.ReadStates...)
-	w.serveReads(n)
+	g.serveReads(n)
 	n.eng.Advance(n.applied)
-	w.maybeCompact(n)
+	g.maybeCompact(n)
 }
 
-func (w *world) send(n *node, m consensus.Message) {
+func (g *group) send(n *node, m consensus.Message) {
+	w := g.w
 	if m.Type == consensus.MsgSnap {
 		// The engine may have asked for a snapshot just before the
 		// application took a newer one: the runtime keeps a few (as
 		// snap.Store does on disk) and sends the one asked for.
 		snap, ok := n.disk.snapAt(m.Snapshot)
 		if !ok {
-			w.fail(violation(Contract, "node %d sends a snapshot at %v, which it does not hold", n.id, m.Snapshot))
+			g.fail(violation(Contract, "node %d sends a snapshot at %v, which it does not hold", n.id, m.Snapshot))
 			return
 		}
 		cp := *m.Snapshot
 		cp.Data = snap.Data
 		m.Snapshot = &cp
 	}
-	w.stats.Messages++
-	if w.net.send(w.now, m, n.inc) {
+	g.stats.Messages++
+	if w.net.send(w.now, g.idx, m, n.inc) {
 		return
 	}
-	w.stats.Dropped++
+	g.stats.Dropped++
 	if m.Type == consensus.MsgSnap {
 		n.eng.ReportSnapshot(m.To, false)
 	}
@@ -746,45 +1042,47 @@ func (w *world) send(n *node, m consensus.Message) {
 	}
 }
 
-func (w *world) apply(n *node, e consensus.Entry) {
+func (g *group) apply(n *node, e consensus.Entry) {
+	w := g.w
 	first := false
-	if _, ok := w.chk.applied[e.Index]; !ok {
+	if _, ok := g.chk.applied[e.Index]; !ok {
 		first = true
-		w.stats.Commits++
+		g.stats.Commits++
 	}
 	switch e.Type {
 	case consensus.EntryNormal:
 		c, err := decodeCommand(e.Data)
 		if err != nil {
-			w.fail(violation(Contract, "node %d applies index %d: %v", n.id, e.Index, err))
+			g.fail(violation(Contract, "node %d applies index %d: %v", n.id, e.Index, err))
 			return
 		}
-		if v := w.chk.observeValidity(n.id, e.Index, c); v != nil {
-			w.fail(v)
+		if v := g.chk.observeValidity(n.id, e.Index, c); v != nil {
+			g.fail(v)
 			return
 		}
 		n.kv.apply(c)
 		if op := n.writes[[2]int{c.client, c.op}]; op != nil {
 			delete(n.writes, [2]int{c.client, c.op})
-			w.hist.complete(op, kvOutput{}, w.now)
-			w.stats.Writes++
-			w.clients[c.client-1].finished(w, op)
-			w.tracef("client %d op %d put(%s,%s) ok at n%d index %d", c.client, c.op, c.key, c.value, n.id, e.Index)
+			g.hist.complete(op, kvOutput{}, w.now)
+			g.stats.Writes++
+			g.clients[c.client-1].finished(g, op)
+			g.tracef("client %d op %d put(%s,%s) ok at n%d index %d", c.client, c.op, c.key, c.value, n.id, e.Index)
 		}
 	case consensus.EntryConfChange:
 		// The bootstrap entries (raft.BootstrapEntries) are not changes.
 		if first && (e.Epoch > 1 || e.Index > uint64(w.opts.Nodes)) {
-			w.stats.ConfChanges++
+			g.stats.ConfChanges++
 			if cc, err := consensus.UnmarshalConfChange(e.Data); err == nil {
-				w.tracef("n%d applies conf change %d: %v", n.id, e.Index, cc.Changes)
+				g.tracef("n%d applies conf change %d: %v", n.id, e.Index, cc.Changes)
 			}
 		}
 	}
 	n.applied, n.appliedEpoch = e.Index, e.Epoch
-	w.fail(w.chk.observeApply(n.id, e, n.kv.hash()))
+	g.fail(g.chk.observeApply(n.id, e, n.kv.hash()))
 }
 
-func (w *world) serveReads(n *node) {
+func (g *group) serveReads(n *node) {
+	w := g.w
 	keep := n.readWait[:0]
 	for _, rs := range n.readWait {
 		if rs.Index > n.applied {
@@ -797,78 +1095,82 @@ func (w *world) serveReads(n *node) {
 		}
 		delete(n.reads, string(rs.RequestCtx))
 		v := n.kv.data[op.in.key]
-		w.hist.complete(op, kvOutput{value: v}, w.now)
-		w.stats.Reads++
-		w.clients[op.client-1].finished(w, op)
-		w.tracef("client %d op %d get(%s)=%q at n%d read index %d applied %d", op.client, op.op, op.in.key, v, n.id, rs.Index, n.applied)
+		g.hist.complete(op, kvOutput{value: v}, w.now)
+		g.stats.Reads++
+		g.clients[op.client-1].finished(g, op)
+		g.tracef("client %d op %d get(%s)=%q at n%d read index %d applied %d", op.client, op.op, op.in.key, v, n.id, rs.Index, n.applied)
 	}
 	n.readWait = keep
 }
 
 // maybeCompact takes an application snapshot every snapEvery entries and
 // lets the engine drop the log under it.
-func (w *world) maybeCompact(n *node) {
-	if n.applied < n.lastSnap+w.snapEvery {
+func (g *group) maybeCompact(n *node) {
+	if n.applied < n.lastSnap+g.snapEvery {
 		return
 	}
 	meta := consensus.SnapshotMeta{Index: n.applied, Epoch: n.appliedEpoch, ConfState: n.eng.Status().ConfState}
 	if err := n.disk.writeSynced(diskOp{kind: opCompact, snap: consensus.Snapshot{Meta: meta, Data: n.kv.encode()}}); err != nil {
-		w.fail(violation(Contract, "node %d: %v", n.id, err))
+		g.fail(violation(Contract, "node %d: %v", n.id, err))
 		return
 	}
 	if err := n.eng.Compact(n.applied); err != nil {
 		// The engine may already hold a newer snapshot from the leader,
 		// not yet handed out in a Ready: nothing to compact.
 		if !errors.Is(err, consensus.ErrCompacted) {
-			w.fail(violation(Contract, "node %d: compact at %d: %v", n.id, n.applied, err))
+			g.fail(violation(Contract, "node %d: compact at %d: %v", n.id, n.applied, err))
 		}
 		n.lastSnap = n.applied
 		return
 	}
 	n.lastSnap = n.applied
-	w.stats.Compactions++
-	w.tracef("n%d compacted at %d/%d", n.id, meta.Index, meta.Epoch)
+	g.stats.Compactions++
+	g.tracef("n%d compacted at %d/%d", n.id, meta.Index, meta.Epoch)
 }
 
 // checkNode observes n's status after a step.
-func (w *world) checkNode(n *node) {
+func (g *group) checkNode(n *node) {
+	w := g.w
 	n.dirty = false
 	st := n.eng.Status()
 	if st.Role == consensus.Leader {
-		if _, seen := w.chk.leaders[st.Epoch]; !seen {
-			w.stats.Elections++
-			w.tracef("n%d is LEADER of epoch %d (conf %s)", n.id, st.Epoch, st.ConfState)
-			if w.faulty && w.rng.Float64() < w.churn {
+		if _, seen := g.chk.leaders[st.Epoch]; !seen {
+			g.stats.Elections++
+			g.tracef("n%d is LEADER of epoch %d (conf %s)", n.id, st.Epoch, st.ConfState)
+			if w.faulty && w.rng.Float64() < w.churn/float64(len(w.groups)) {
 				// Leader churn: a leader that fails before its term's
 				// entries reach a majority leaves logs that differ in
 				// their last terms, the ground of the Figure 8 hazard.
 				// Cutting its links also loses its appends in flight.
+				// The chance is shared out among the groups: the
+				// machine's crash or isolation hits them all.
 				at := w.now + 1 + w.rng.Int64N(4*unitsPerTick)
 				if w.rng.IntN(2) == 0 {
 					at = w.now // at once: its first appends never arrive
 				}
-				w.churnAt = append(w.churnAt, churnEvent{at: at, id: n.id, epoch: st.Epoch})
+				g.churnAt = append(g.churnAt, churnEvent{at: at, id: n.id, epoch: st.Epoch})
 			}
 		}
-		w.fail(w.chk.observeLeader(n.id, st.Epoch))
-		w.leader = n.id
+		g.fail(g.chk.observeLeader(n.id, st.Epoch))
+		g.leader = n.id
 	} else if n.role == consensus.Leader {
-		w.tracef("n%d steps down from epoch %d (now %s of %d)", n.id, n.lastEpoch, st.Role, st.Epoch)
+		g.tracef("n%d steps down from epoch %d (now %s of %d)", n.id, n.lastEpoch, st.Role, st.Epoch)
 	}
 	n.role, n.lastEpoch = st.Role, st.Epoch
-	w.chk.observeCommit(st.Commit, st.Epoch)
-	w.fail(w.chk.observeProgress(n.id, n.inc, st.Commit, st.Applied, n.floor))
-	if st.Role == consensus.Leader && st.Epoch >= w.leaderEpoch {
-		w.leaderEpoch = st.Epoch
-		w.membership(st.ConfState)
+	g.chk.observeCommit(st.Commit, st.Epoch)
+	g.fail(g.chk.observeProgress(n.id, n.inc, st.Commit, st.Applied, n.floor))
+	if st.Role == consensus.Leader && st.Epoch >= g.leaderEpoch {
+		g.leaderEpoch = st.Epoch
+		g.membership(st.ConfState)
 	}
 }
 
 // membership follows the leader's applied configuration: nodes that joined
 // become members; members no longer in it are retired for good.
-func (w *world) membership(cs consensus.ConfState) {
-	for _, id := range w.order {
-		n := w.nodes[id]
+func (g *group) membership(cs consensus.ConfState) {
+	w := g.w
+	for _, id := range g.order {
+		n := g.nodes[id]
 		if n.retired {
 			continue
 		}
@@ -877,17 +1179,22 @@ func (w *world) membership(cs consensus.ConfState) {
 		case in && !n.member:
 			n.member = true
 		case !in && n.member && n.removing:
-			w.retire(n, "removed from the configuration")
+			g.retire(n, "removed from the configuration")
 		case !in && w.now-n.joinAt > 200*unitsPerTick:
-			w.retire(n, "never joined")
+			g.retire(n, "never joined")
 		}
 	}
 }
 
-func (w *world) retire(n *node, why string) {
-	w.tracef("n%d retired: %s", n.id, why)
+func (g *group) retire(n *node, why string) {
+	g.tracef("n%d retired: %s", n.id, why)
 	if n.up {
-		w.failOps(n)
+		g.failOps(n)
 	}
-	n.up, n.retired, n.eng = false, true, nil
+	n.up, n.retired, n.eng, n.pending = false, true, nil, nil
+	if !n.m.active() {
+		// Nothing runs on the machine any more: its process is gone
+		// (until a group places a new replica on it).
+		n.m.up = false
+	}
 }

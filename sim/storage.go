@@ -126,15 +126,85 @@ func (im *image) apply(op diskOp) error {
 	return nil
 }
 
-// disk is a node's stable storage: what survives a crash (durable), and what
-// the node has written so far (view = durable + unsynced, in order). A crash
-// keeps a prefix of the unsynced writes: the torn tail a WAL repairs.
+// sharedLog is one virtual node's write-ahead log. Every group hosted on the
+// node writes its records through it, each record tagged with the group's
+// disk, in the order they were issued: one sync makes every group's writes
+// durable together, and a crash keeps a prefix of the records of all groups
+// together (the torn tail a WAL repairs) and loses the rest. In a
+// single-group run the log carries one disk and this is a node's own log.
+//
+//	unsynced: | g1 entry 7 | g3 hardstate | g1 hardstate | g2 entry 12 | ...
+//	            ^ a crash keeps a prefix of this, whatever the groups
+type sharedLog struct {
+	disks    []*disk // every group's storage on this node, in the order attached
+	unsynced []logRecord
+}
+
+// logRecord is one write in the shared log, addressed to one group's disk.
+type logRecord struct {
+	d  *disk
+	op diskOp
+}
+
+// recordError is a record that could not be replayed into its group's
+// durable image: an engine bug, reported against that group.
+type recordError struct {
+	group int // the disk's group number (0 outside a multi-group run)
+	err   error
+}
+
+func (e *recordError) Error() string { return e.err.Error() }
+func (e *recordError) Unwrap() error { return e.err }
+
+// attach adds a group's disk to the log, starting from the bootstrap
+// configuration cs.
+func (l *sharedLog) attach(cs consensus.ConfState, group int) *disk {
+	d := &disk{log: l, group: group}
+	d.durable.snap.Meta.ConfState = cs
+	d.view = d.durable.clone()
+	l.disks = append(l.disks, d)
+	return d
+}
+
+// sync makes every record durable, whatever its group (one fsync).
+func (l *sharedLog) sync() error {
+	for _, r := range l.unsynced {
+		if err := r.d.durable.apply(r.op); err != nil {
+			return &recordError{group: r.d.group, err: err}
+		}
+	}
+	l.unsynced = nil
+	return nil
+}
+
+// crash loses every unsynced record after the first keep of them, of every
+// group, and resets each group's view to what is durable.
+func (l *sharedLog) crash(keep int) error {
+	keep = min(keep, len(l.unsynced))
+	for _, r := range l.unsynced[:keep] {
+		if err := r.d.durable.apply(r.op); err != nil {
+			return &recordError{group: r.d.group, err: err}
+		}
+	}
+	l.unsynced = nil
+	for _, d := range l.disks {
+		d.view = d.durable.clone()
+		d.recent = []consensus.Snapshot{d.durable.snap}
+	}
+	return nil
+}
+
+// disk is one group's stable storage on a node: what survives a crash
+// (durable), and what the group has written so far (view = durable +
+// its unsynced records, in order). Its writes go through the node's shared
+// log, which decides when they become durable.
 type disk struct {
+	log   *sharedLog
+	group int // the group's number, for reports (0 outside a multi-group run)
 	// installKeepsSuffix: see image.keepSuffix. Set before the first write.
 	installKeepsSuffix bool
 	durable            image
 	view               image
-	unsynced           []diskOp
 	// recent are the last few snapshots taken or installed, newest last,
 	// kept as a snapshot store keeps its files.
 	recent []consensus.Snapshot
@@ -155,11 +225,9 @@ func (d *disk) snapAt(meta *consensus.Snapshot) (consensus.Snapshot, bool) {
 	return consensus.Snapshot{}, false
 }
 
+// newDisk returns a disk alone on a log of its own.
 func newDisk(cs consensus.ConfState) *disk {
-	d := &disk{}
-	d.durable.snap.Meta.ConfState = cs
-	d.view = d.durable.clone()
-	return d
+	return (&sharedLog{}).attach(cs, 0)
 }
 
 func (d *disk) write(op diskOp) error {
@@ -173,41 +241,19 @@ func (d *disk) write(op diskOp) error {
 			d.recent = slices.Delete(d.recent, 0, len(d.recent)-keepSnapshots)
 		}
 	}
-	d.unsynced = append(d.unsynced, op)
+	d.log.unsynced = append(d.log.unsynced, logRecord{d: d, op: op})
 	return nil
 }
 
 // writeSynced writes op and makes it durable at once (an atomic snapshot file
-// followed by an fsync), after syncing what was written before it.
+// followed by an fsync), after syncing what was written before it: the
+// fsync of the shared log, which makes every group's earlier writes on the
+// node durable too.
 func (d *disk) writeSynced(op diskOp) error {
 	if err := d.write(op); err != nil {
 		return err
 	}
-	return d.sync()
-}
-
-func (d *disk) sync() error {
-	for _, op := range d.unsynced {
-		if err := d.durable.apply(op); err != nil {
-			return err
-		}
-	}
-	d.unsynced = nil
-	return nil
-}
-
-// crash loses every unsynced write after the first keep of them.
-func (d *disk) crash(keep int) error {
-	keep = min(keep, len(d.unsynced))
-	for _, op := range d.unsynced[:keep] {
-		if err := d.durable.apply(op); err != nil {
-			return err
-		}
-	}
-	d.unsynced = nil
-	d.view = d.durable.clone()
-	d.recent = []consensus.Snapshot{d.durable.snap}
-	return nil
+	return d.log.sync()
 }
 
 // initial is what a restarting engine is given.

@@ -38,6 +38,9 @@ type SweepResult struct {
 	Passed, Failed int
 	Failures       []Result
 	Stats          Stats
+	// GroupStats adds up each group's stats over the runs (one entry in a
+	// single-group sweep, equal to Stats).
+	GroupStats []Stats
 	// MinimumsMissed lists activity below the floor; a sweep with any is a
 	// failed sweep.
 	MinimumsMissed []string
@@ -54,6 +57,12 @@ func ReplayCommand(o Options) string {
 	}
 	if o.SafetyTicks != 0 && o.SafetyTicks != 500 {
 		s += fmt.Sprintf(" --ticks %d", o.SafetyTicks)
+	}
+	if o.Groups > 1 {
+		s += fmt.Sprintf(" --groups %d", o.Groups)
+	}
+	if o.BrokenGroup > 0 {
+		s += fmt.Sprintf(" --broken-group %d", o.BrokenGroup)
 	}
 	return s
 }
@@ -108,6 +117,12 @@ func Sweep(so SweepOptions) SweepResult {
 	var sr SweepResult
 	for i, r := range results {
 		sr.Stats.Add(r.Stats)
+		for len(sr.GroupStats) < len(r.GroupStats) {
+			sr.GroupStats = append(sr.GroupStats, Stats{})
+		}
+		for g, gs := range r.GroupStats {
+			sr.GroupStats[g].Add(gs)
+		}
 		if r.Violation == nil {
 			sr.Passed++
 			continue
@@ -126,10 +141,26 @@ func Sweep(so SweepOptions) SweepResult {
 		}
 		fmt.Fprintf(so.Out, "  replay: %s\n", ReplayCommand(o))
 	}
+	multi := len(sr.GroupStats) > 1
 	if so.Minimums != nil && sr.Stats.Runs > 0 {
-		sr.MinimumsMissed = belowMinimums(sr.Stats, *so.Minimums)
+		if !multi {
+			sr.MinimumsMissed = belowMinimums(sr.Stats, *so.Minimums)
+		} else {
+			// Every group must reach the floors on its own: one busy
+			// group cannot hide an idle one.
+			for g, gs := range sr.GroupStats {
+				for _, m := range belowMinimums(gs, *so.Minimums) {
+					sr.MinimumsMissed = append(sr.MinimumsMissed, fmt.Sprintf("group %d: %s", g+1, m))
+				}
+			}
+		}
 	}
 	fmt.Fprintf(so.Out, "exercised: %s\n", sr.Stats)
+	if multi {
+		for g, gs := range sr.GroupStats {
+			fmt.Fprintf(so.Out, "exercised by group %d: %s\n", g+1, gs)
+		}
+	}
 	if so.Minimums != nil {
 		if len(sr.MinimumsMissed) == 0 {
 			fmt.Fprintf(so.Out, "activity minimums met\n")
@@ -191,6 +222,9 @@ func writeTrace(dir string, o Options, r Result) (string, error) {
 		return "", fmt.Errorf("sim: trace dir: %w", err)
 	}
 	name := fmt.Sprintf("%s-n%d-seed%d", o.Engine, o.Nodes, o.Seed)
+	if o.Groups > 1 {
+		name += fmt.Sprintf("-g%d", o.Groups)
+	}
 	if o.Variant != Correct {
 		name += "-" + string(o.Variant)
 	}

@@ -25,6 +25,8 @@ func simCommand() *cobra.Command {
 		parallel  int
 		traceDir  string
 		noMinimum bool
+		groups    int
+		brokenGrp int
 	)
 	cmd := &cobra.Command{
 		Use:   "sim",
@@ -42,6 +44,8 @@ violation. --seed S --trace replays one seed and prints every event.`,
   ballot sim --engine raft --nodes 5 --seed 42 --trace
   ballot sim --engine raft --nodes 3 --seeds 200 --broken forget-vote
   ballot sim --engine paxos --seeds 500
+  ballot sim --groups 3 --seeds 200
+  ballot sim --groups 3 --nodes 3 --seeds 50 --broken stale-commit --broken-group 2
   ballot sim --engine paxos --nodes 3 --seeds 300 --broken omit-decided-through`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := sim.ParseVariant(broken)
@@ -53,7 +57,8 @@ violation. --seed S --trace replays one seed and prints every event.`,
 					return fmt.Errorf("--nodes: %d is not between 1 and 9", n)
 				}
 			}
-			opts := sim.Options{Engine: engine, Nodes: nodes[0], SafetyTicks: ticks, LivenessBound: bound, Variant: v}
+			opts := sim.Options{Engine: engine, Nodes: nodes[0], SafetyTicks: ticks, LivenessBound: bound, Variant: v,
+				Groups: groups, BrokenGroup: brokenGrp}
 			if _, ok := sim.Engines[engine]; !ok {
 				return fmt.Errorf("--engine: unknown engine %q (known: %v)", engine, sim.EngineNames())
 			}
@@ -107,5 +112,7 @@ violation. --seed S --trace replays one seed and prints every event.`,
 	f.IntVar(&parallel, "parallel", 0, "seeds run at once (default GOMAXPROCS)")
 	f.StringVar(&traceDir, "trace-dir", "", "where failed seeds' traces go (default $TMPDIR/ballot-sim)")
 	f.BoolVar(&noMinimum, "no-minimums", false, "do not enforce the activity minimums of a sweep")
+	f.IntVar(&groups, "groups", 1, "consensus groups sharing the virtual nodes, their links and each node's log")
+	f.IntVar(&brokenGrp, "broken-group", 0, "with --broken: break only this group (from 1; default every group)")
 	return cmd
 }
