@@ -27,6 +27,7 @@ import (
 	"github.com/ballotdb/ballot/node"
 	"github.com/ballotdb/ballot/server"
 	"github.com/ballotdb/ballot/transport"
+	"github.com/ballotdb/ballot/vfs"
 )
 
 // MetaGroup is the group number of the meta group, which keeps the shard
@@ -70,6 +71,11 @@ type Config struct {
 	// finishes half-done splits (see reconcile); default 1 s. Routers also
 	// re-read it whenever a shard refuses a key it no longer keeps.
 	MapRefresh time.Duration
+	// SyncPerGroup gives every group's WAL its own fsync. By default the
+	// groups of a host share a group commit (vfs.SharedSync: one file-
+	// system flush covers the writes of every group waiting for one),
+	// which measured better with several shards (docs/sharding.md).
+	SyncPerGroup bool
 	// NoQuiesce keeps idle groups ticking (see quiesce.go); for
 	// measuring what quiescence saves.
 	NoQuiesce bool
@@ -89,6 +95,7 @@ type Host struct {
 	mux  *transport.Mux
 	grpc *grpc.Server
 	live *liveness
+	fs   vfs.FS // nil: the default
 
 	mu sync.Mutex
 	m  Map
@@ -180,6 +187,9 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	}
 	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial, live: lv,
 		gs: map[uint64]*group{}, remotes: map[string]*grpc.ClientConn{}, stopc: make(chan struct{}), failc: make(chan struct{})}
+	if !cfg.SyncPerGroup {
+		h.fs = vfs.NewSharedSync()
+	}
 	if err := h.startGroup(ctx, MetaGroup, nil, false); err != nil {
 		h.Stop()
 		return nil, err
@@ -314,7 +324,7 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 		Name: h.cfg.Name, ClusterToken: h.cfg.ClusterToken, ClusterID: cid,
 		InitialCluster: initial, Join: join, Engine: h.cfg.Engine,
 		AdvertiseClientURLs: h.cfg.AdvertiseClientURLs,
-		DataDir:             dir, ClientListener: lis,
+		DataDir:             dir, FS: h.fs, ClientListener: lis,
 		NewTransport: func(th transport.Handler) (transport.Transport, error) { return h.mux.Group(cid, th) },
 		Shard:        sc, GroupTag: strconv.FormatUint(id, 10), WrapEngine: wrap,
 		TickInterval: h.cfg.TickInterval, ElectionTicks: h.cfg.ElectionTicks, SnapshotEntries: h.cfg.SnapshotEntries,
