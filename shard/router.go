@@ -969,6 +969,21 @@ func (c *clusterRouter) MemberList(ctx context.Context, req *pb.MemberListReques
 	return cl.MemberList(ctx, req)
 }
 
+// Membership of the hosts is fixed in sharded mode for now (see
+// docs/sharding.md); shards move with ballot shard move.
+func (c *clusterRouter) MemberAdd(context.Context, *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	return nil, ErrGRPCShardedOnly
+}
+func (c *clusterRouter) MemberRemove(context.Context, *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	return nil, ErrGRPCShardedOnly
+}
+func (c *clusterRouter) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	return nil, ErrGRPCShardedOnly
+}
+func (c *clusterRouter) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	return nil, ErrGRPCShardedOnly
+}
+
 type maintenanceRouter struct {
 	pb.UnimplementedMaintenanceServer
 	r *router
@@ -1012,6 +1027,21 @@ func (m *maintenanceRouter) Alarm(ctx context.Context, req *pb.AlarmRequest) (*p
 		out.Alarms = append(out.Alarms, resp.Alarms...)
 	}
 	return out, nil
+}
+
+// Hash, HashKV, Snapshot and MoveLeader are per group: not answered for a
+// whole sharded host (ballot shard list shows each shard's state).
+func (m *maintenanceRouter) Hash(context.Context, *pb.HashRequest) (*pb.HashResponse, error) {
+	return nil, ErrGRPCShardedOnly
+}
+func (m *maintenanceRouter) HashKV(context.Context, *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	return nil, ErrGRPCShardedOnly
+}
+func (m *maintenanceRouter) Snapshot(*pb.SnapshotRequest, pb.Maintenance_SnapshotServer) error {
+	return ErrGRPCShardedOnly
+}
+func (m *maintenanceRouter) MoveLeader(context.Context, *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	return nil, ErrGRPCShardedOnly
 }
 
 // Defragment defragments every group this host keeps.
