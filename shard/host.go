@@ -71,6 +71,10 @@ type Config struct {
 	// finishes half-done splits (see reconcile); default 1 s. Routers also
 	// re-read it whenever a shard refuses a key it no longer keeps.
 	MapRefresh time.Duration
+	// SplitBytes splits a shard, at its middle key, once the data it
+	// keeps grows past this many bytes (its leader's host decides, one
+	// split per MapRefresh). 0 means DefaultSplitBytes; negative, never.
+	SplitBytes int64
 	// SyncPerGroup gives every group's WAL its own fsync. By default the
 	// groups of a host share a group commit (vfs.SharedSync: one file-
 	// system flush covers the writes of every group waiting for one),
@@ -131,6 +135,9 @@ type group struct {
 
 // memBuffer is the in-memory connection's buffer per direction.
 const memBuffer = 1 << 20
+
+// DefaultSplitBytes is Config.SplitBytes's default.
+const DefaultSplitBytes = 256 << 20
 
 // startTimeout bounds starting one group in the background.
 const startTimeout = 30 * time.Second
@@ -456,6 +463,7 @@ func (h *Host) keepMap() {
 			if h.refreshMap(ctx) == nil {
 				h.reconcile(ctx)
 				h.balance(ctx)
+				h.autoSplit(ctx)
 			}
 		}
 		cancel()

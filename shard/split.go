@@ -2,6 +2,7 @@ package shard
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -107,6 +108,64 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 		}
 	}
 	return h.Map(), nil
+}
+
+// autoSplit splits, at its middle key, one shard this host leads whose
+// data has grown past Config.SplitBytes.
+func (h *Host) autoSplit(ctx context.Context) {
+	limit := cmp.Or(h.cfg.SplitBytes, DefaultSplitBytes)
+	if limit < 0 {
+		return
+	}
+	self := consensus.NodeID(h.MemberID())
+	for _, g := range h.groups() {
+		if g.id == MetaGroup || g.srv.Node().Leader() != self {
+			continue
+		}
+		st, err := pb.NewMaintenanceClient(g.conn).Status(ctx, &pb.StatusRequest{})
+		if err != nil || st.DbSize <= limit {
+			continue
+		}
+		key, err := h.middleKey(ctx, g)
+		if err != nil || key == nil {
+			h.log.Debug("shard too large but no key to split at", "shard", g.id, "bytes", st.DbSize, "err", err)
+			continue
+		}
+		h.log.Info("splitting a large shard", "shard", g.id, "bytes", st.DbSize, "limit", limit, "at", fmt.Sprintf("%q", key))
+		if _, err := h.Split(ctx, g.id, key); err != nil {
+			h.log.Warn("automatic split failed", "shard", g.id, "err", err)
+		}
+		return // one split per round
+	}
+}
+
+// middleKey returns the key half way through shard g's keys, moved back
+// to its prefix (SplitKey), or nil if that leaves nothing on one side: a
+// shard that is one big prefix is not split automatically (a split there
+// would cut watches and recipes on that prefix; split it by command).
+func (h *Host) middleKey(ctx context.Context, g *group) ([]byte, error) {
+	start, end := g.srv.Range()
+	from, rend := start, end
+	if len(from) == 0 {
+		from = []byte{0} // etcd's "every key": the empty key is not one
+	}
+	if len(rend) == 0 {
+		rend = []byte{0}
+	}
+	kvc := pb.NewKVClient(g.conn)
+	cnt, err := kvc.Range(ctx, &pb.RangeRequest{Key: from, RangeEnd: rend, CountOnly: true, Serializable: true})
+	if err != nil || cnt.Count < 2 {
+		return nil, err
+	}
+	half, err := kvc.Range(ctx, &pb.RangeRequest{Key: from, RangeEnd: rend, KeysOnly: true, Serializable: true, Limit: cnt.Count/2 + 1})
+	if err != nil || len(half.Kvs) == 0 {
+		return nil, err
+	}
+	k := SplitKey(half.Kvs[len(half.Kvs)-1].Key)
+	if bytes.Compare(k, start) > 0 && (len(end) == 0 || bytes.Compare(k, end) < 0) {
+		return k, nil
+	}
+	return nil, nil
 }
 
 // waitUntil polls cond every few milliseconds until it holds, ctx ends or

@@ -1,6 +1,7 @@
 package shard_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -340,4 +341,38 @@ func visualize(t *testing.T, info porcupine.LinearizationInfo) string {
 		return err.Error()
 	}
 	return path
+}
+
+// TestAutoSplit: a shard that grows past SplitBytes is split at its middle
+// key by its leader's host, and every key is still there.
+func TestAutoSplit(t *testing.T) {
+	c := shardtest.NewWith(t, 3, 1, func(cfg *shard.Config) {
+		cfg.SplitBytes = 20 << 10
+		cfg.MapRefresh = 50 * time.Millisecond
+	})
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cli := c.Client()
+	value := strings.Repeat("v", 1000)
+	for i := 0; i < 40; i++ {
+		if _, err := cli.Put(ctx, fmt.Sprintf("users/%03d", i), value); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Put(ctx, fmt.Sprintf("orders/%03d", i), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 30*time.Second, "an automatic split", func() bool { return len(c.Host("h1").Map().Shards) > 1 })
+	m := c.Host("h1").Map()
+	t.Logf("after growing: %d shards, second starts at %q", len(m.Shards), m.Shards[1].Start)
+	for _, s := range m.Shards[1:] {
+		if !bytes.HasSuffix(s.Start, []byte("/")) {
+			t.Fatalf("split at %q, not at a prefix", s.Start)
+		}
+	}
+	r, err := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	if err != nil || r.Count != 80 {
+		t.Fatalf("%d keys after the split (%v), want 80", r.Count, err)
+	}
 }
