@@ -107,6 +107,7 @@ type Host struct {
 
 	startMu sync.Mutex                  // serializes starting groups
 	remotes map[string]*grpc.ClientConn // other hosts' routers, by name (under mu)
+	hints   map[uint64]string           // leader hints by shard (under mu)
 
 	failOnce sync.Once
 	failc    chan struct{} // closed when a group stopped on its own
@@ -464,6 +465,7 @@ func (h *Host) keepMap() {
 				h.reconcile(ctx)
 				h.balance(ctx)
 				h.autoSplit(ctx)
+				h.hintLeaders(ctx)
 			}
 		}
 		cancel()
@@ -521,6 +523,61 @@ func (h *Host) refreshMap(ctx context.Context) error {
 	}
 	h.mu.Unlock()
 	return nil
+}
+
+// leaderHintPrefix + shard ID holds the name of the host whose member led
+// the shard when it last said so: a hint (for the list, and for routing
+// to a leader without asking), kept apart from the versioned map so that a
+// leadership change does not rewrite the map.
+const leaderHintPrefix = "ballot/leader/"
+
+// hintLeaders reads the leader hints and corrects those of the shards this
+// host leads.
+func (h *Host) hintLeaders(ctx context.Context) {
+	kvc, err := h.meta()
+	if err != nil {
+		return
+	}
+	resp, err := kvc.Range(ctx, &pb.RangeRequest{Key: []byte(leaderHintPrefix), RangeEnd: prefixEnd([]byte(leaderHintPrefix)), Serializable: true})
+	if err != nil {
+		return
+	}
+	hints := map[uint64]string{}
+	for _, kv := range resp.Kvs {
+		if id, err := strconv.ParseUint(string(kv.Key[len(leaderHintPrefix):]), 10, 64); err == nil {
+			hints[id] = string(kv.Value)
+		}
+	}
+	h.mu.Lock()
+	h.hints = hints
+	h.mu.Unlock()
+	self := consensus.NodeID(h.MemberID())
+	for _, g := range h.groups() {
+		if g.id == MetaGroup || g.srv.Node().Leader() != self || hints[g.id] == h.cfg.Name {
+			continue
+		}
+		if _, err := kvc.Put(ctx, &pb.PutRequest{Key: []byte(leaderHintPrefix + strconv.FormatUint(g.id, 10)), Value: []byte(h.cfg.Name)}); err != nil {
+			return
+		}
+	}
+}
+
+// LeaderHint returns the host the meta group last heard lead shard id.
+func (h *Host) LeaderHint(id uint64) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.hints[id]
+}
+
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return []byte{0}
 }
 
 // mapStale is called when a route turned out stale: it records in the map

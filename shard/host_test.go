@@ -265,6 +265,15 @@ func TestShardListAndMode(t *testing.T) {
 			t.Fatalf("shard %d: %+v", s.ID, s)
 		}
 	}
+	// The meta group learns each shard's leader as a hint.
+	waitFor(t, 20*time.Second, "leader hints for every shard", func() bool {
+		for _, s := range c.Host("h3").Map().Shards {
+			if c.Host("h3").LeaderHint(s.ID) == "" {
+				return false
+			}
+		}
+		return true
+	})
 	var hdr metadata.MD
 	if _, err := pb.NewKVClient(conn).Range(ctx, &pb.RangeRequest{Key: []byte("x")}, grpc.Header(&hdr)); err != nil {
 		t.Fatal(err)

@@ -64,7 +64,9 @@ type ListResponse struct {
 // ShardStatus is one shard as a host sees it.
 type ShardStatus struct {
 	Shard
-	Leader   string `json:"leader"`
+	Leader string `json:"leader"`
+	// Hint is the leader the meta group was last told of.
+	Hint     string `json:"leader_hint,omitempty"`
 	Term     uint64 `json:"term"`
 	Revision int64  `json:"revision"`
 	DBSize   int64  `json:"db_size"`
@@ -81,7 +83,7 @@ func (h *Host) List(ctx context.Context) (*ListResponse, error) {
 	}
 	out := &ListResponse{Host: h.cfg.Name, Version: m.Version}
 	for _, s := range m.Shards {
-		st := ShardStatus{Shard: s}
+		st := ShardStatus{Shard: s, Hint: h.LeaderHint(s.ID)}
 		if resp, err := h.shardStatus(ctx, s); err != nil {
 			st.Err = err.Error()
 		} else {
