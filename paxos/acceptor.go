@@ -2,6 +2,7 @@ package paxos
 
 import (
 	"bytes"
+	"slices"
 
 	"github.com/ballotdb/ballot/consensus"
 )
@@ -107,11 +108,7 @@ func (a *Acceptor) onAccept(n *Node, m consensus.Message) {
 	if n.knobs.TruncateSuffixOnAccept && last < l.lastIndex() && last >= l.commit && last >= l.snap.Index {
 		// Broken on purpose: drop what was accepted after these slots.
 		l.ents = l.ents[:last-l.snap.Index]
-		for i := range l.dirty {
-			if i > last {
-				delete(l.dirty, i)
-			}
-		}
+		l.dirty = slices.DeleteFunc(l.dirty, func(i uint64) bool { return i > last })
 		for i := range l.decided {
 			if i > last {
 				delete(l.decided, i)

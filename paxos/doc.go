@@ -66,6 +66,28 @@
 // completed phase 1 before the read arrived (a phase-1 quorum meets every
 // phase-2 quorum), and the ReadState is released with that slot as Index.
 //
+// # Performance
+//
+// The leader's hot path does work in proportion to the slots it moves, not
+// to the window in flight or the log. Slots in flight live in rings indexed
+// by slot (the Proposer's proposals, the Learner's votes: a bit per acceptor
+// and a popcount per quorum check) that drop the decided prefix from the
+// front and reuse their buffers; there are no per-slot maps. Proposals
+// arriving between two Readies go out as one Accept per voter: the next run
+// of slots extends the Accepts still waiting for the Ready instead of adding
+// a message per voter per proposal, and the messages to every voter share
+// one array of proposed slots that is appended to, never written over. A
+// proposal on the leader is queued from the stack. Each decided slot is sent
+// to a member once, as it is decided; the heartbeat resends from the
+// member's reported decided prefix, so a lost Decide costs a heartbeat, not
+// a resend of the member's whole lag with every later decision. Decided
+// slots are never written again, so Ready.Committed and Decide messages
+// share the log's array instead of copying it (compaction moves the kept
+// tail to a new array as long as the log was); only Ready.Entries, whose
+// slots may still change, is a copy. The written slots and the in-order
+// decided prefix need no sets: a run of increasing indexes and a counter
+// cover the usual case.
+//
 // # Flexible quorums
 //
 // Config.Phase2Quorum (and Phase1Quorum) set the quorum sizes, with

@@ -108,11 +108,17 @@ func (n *Node) stepProp(m consensus.Message) error {
 		n.send(m)
 		return nil
 	}
+	return n.leaderPropose(m.Entries)
+}
+
+// leaderPropose queues proposals on the leader and proposes what the
+// window allows. It keeps copies of the entries, not ents itself.
+func (n *Node) leaderPropose(ents []consensus.Entry) error {
 	p := &n.prop
-	if len(p.queue)+len(m.Entries) > n.cfg.MaxPendingProposals {
-		return fmt.Errorf("paxos: %d proposals already wait for a slot: %w", len(p.queue), consensus.ErrProposalDropped)
+	if p.queued()+len(ents) > n.cfg.MaxPendingProposals {
+		return fmt.Errorf("paxos: %d proposals already wait for a slot: %w", p.queued(), consensus.ErrProposalDropped)
 	}
-	for _, e := range m.Entries {
+	for _, e := range ents {
 		if e.Type == consensus.EntryConfChange {
 			if err := n.checkConfChange(e); err != nil {
 				return err
@@ -121,7 +127,7 @@ func (n *Node) stepProp(m consensus.Message) error {
 		if e.Type == consensus.EntryNoop {
 			continue
 		}
-		p.queue = append(p.queue, consensus.Entry{Type: e.Type, Data: e.Data})
+		p.enqueue(consensus.Entry{Type: e.Type, Data: e.Data})
 	}
 	p.maybePropose(n)
 	return nil
@@ -134,7 +140,7 @@ func (n *Node) checkConfChange(e consensus.Entry) error {
 	if p.confSlot > n.log.commit {
 		return fmt.Errorf("paxos: conf change at slot %d undecided: %w", p.confSlot, consensus.ErrConfChangePending)
 	}
-	for _, q := range p.queue {
+	for _, q := range p.queue[p.queueHead:] {
 		if q.Type == consensus.EntryConfChange {
 			return fmt.Errorf("paxos: a conf change waits for a slot: %w", consensus.ErrConfChangePending)
 		}
@@ -178,6 +184,15 @@ func (n *Node) checkConfChange(e consensus.Entry) error {
 func (n *Node) Propose(data []byte) error {
 	if uint64(len(data)) > n.cfg.MaxEntrySize {
 		return fmt.Errorf("%w: proposal of %d bytes exceeds MaxEntrySize %d", consensus.ErrTooLarge, len(data), n.cfg.MaxEntrySize)
+	}
+	if n.role == consensus.Leader {
+		// What stepping the MsgProp below comes to on the leader, with
+		// the entry on the stack: the queue copies it, so a proposal
+		// costs no allocation of its own.
+		ents := [1]consensus.Entry{{Type: consensus.EntryNormal, Data: data}}
+		err := n.leaderPropose(ents[:])
+		n.checkInvariants()
+		return err
 	}
 	return n.Step(consensus.Message{Type: consensus.MsgProp, From: n.id,
 		Entries: []consensus.Entry{{Type: consensus.EntryNormal, Data: data}}})
@@ -305,14 +320,23 @@ func (n *Node) Ready() consensus.Ready {
 		rd.Committed = l.nextCommitted(n.cfg.MaxCommittedSizePerReady)
 		l.handed = rd.Committed[len(rd.Committed)-1].Index
 	}
+	// The messages to peers are handed out in n.msgs's own buffer; those
+	// to this node are kept for Advance.
+	out := n.msgs[:0]
 	for _, m := range n.msgs {
 		if m.To == n.id {
 			n.selfMsgs = append(n.selfMsgs, m)
 		} else {
-			rd.Messages = append(rd.Messages, m)
+			out = append(out, m)
 		}
 	}
+	clear(n.msgs[len(out):])
+	n.msgsHint = len(n.msgs)
+	if len(out) > 0 {
+		rd.Messages = out
+	}
 	n.msgs = nil
+	n.msgsGen++
 	rd.ReadStates, n.readStates = n.readStates, nil
 	n.outstanding = true
 	return rd
@@ -330,6 +354,9 @@ func (n *Node) Advance(applied uint64) {
 		for _, m := range self {
 			_ = n.step(m)
 		}
+		// Ready fills selfMsgs only, so its buffer is free again.
+		clear(self)
+		n.selfMsgs = self[:0]
 	}
 	if applied > l.handed {
 		panic(fmt.Sprintf("paxos: Advance: applied %d is beyond the entries handed out (%d)", applied, l.handed))

@@ -17,8 +17,12 @@ import (
 type slotLog struct {
 	snap consensus.SnapshotMeta
 	ents []consensus.Entry // slots snap.Index+1 .. lastIndex()
-	// dirty are slots written since the last Ready.
-	dirty map[uint64]struct{}
+	// dirty are the slots written since the last Ready, in the order
+	// written. dirtySorted says they are strictly increasing, as appends
+	// and a pipeline write them; otherwise a slot may appear more than
+	// once, and takeDirty sorts them.
+	dirty       []uint64
+	dirtySorted bool
 	// commit is the decided prefix: every slot at or below it is decided.
 	commit uint64
 	// decided are slots above commit known decided (learned out of order).
@@ -34,7 +38,7 @@ type slotLog struct {
 }
 
 func newSlotLog(snap consensus.SnapshotMeta, ents []consensus.Entry, commit, applied uint64) (*slotLog, error) {
-	l := &slotLog{snap: snap, dirty: map[uint64]struct{}{}, decided: map[uint64]struct{}{}}
+	l := &slotLog{snap: snap, dirtySorted: true, decided: map[uint64]struct{}{}}
 	for i, e := range ents {
 		if want := snap.Index + 1 + uint64(i); e.Index != want {
 			return nil, fmt.Errorf("paxos: log entry %d found where slot %d belongs: %w", e.Index, want, consensus.ErrCompacted)
@@ -81,10 +85,21 @@ func (l *slotLog) write(e consensus.Entry) {
 	for l.lastIndex() < e.Index {
 		idx := l.lastIndex() + 1
 		l.ents = append(l.ents, consensus.Entry{Index: idx, Type: consensus.EntryNoop})
-		l.dirty[idx] = struct{}{}
+		l.markDirty(idx)
 	}
 	l.ents[e.Index-l.snap.Index-1] = e
-	l.dirty[e.Index] = struct{}{}
+	l.markDirty(e.Index)
+}
+
+func (l *slotLog) markDirty(i uint64) {
+	if k := len(l.dirty); k > 0 {
+		if last := l.dirty[k-1]; i == last {
+			return
+		} else if i < last {
+			l.dirtySorted = false
+		}
+	}
+	l.dirty = append(l.dirty, i)
 }
 
 // learn records that slot e.Index is decided with e, and advances the
@@ -95,6 +110,11 @@ func (l *slotLog) learn(e consensus.Entry) bool {
 	}
 	if cur := l.entry(e.Index); cur == nil || !sameEntry(*cur, e) {
 		l.write(e)
+	}
+	if e.Index == l.commit+1 && len(l.decided) == 0 {
+		// In order, the usual case: no bookkeeping.
+		l.commit++
+		return true
 	}
 	l.decided[e.Index] = struct{}{}
 	moved := false
@@ -113,23 +133,40 @@ func sameEntry(a, b consensus.Entry) bool {
 	return a.Index == b.Index && a.Epoch == b.Epoch && a.Type == b.Type && string(a.Data) == string(b.Data)
 }
 
-// takeDirty returns the written slots in index order and forgets them.
+// takeDirty returns a copy of the written slots in index order and forgets
+// them. (A copy: a slot above the decided prefix may be written again
+// before the Ready that carries it is persisted.)
 func (l *slotLog) takeDirty() []consensus.Entry {
 	if len(l.dirty) == 0 {
 		return nil
 	}
-	idx := make([]uint64, 0, len(l.dirty))
-	for i := range l.dirty {
-		if i > l.snap.Index && i <= l.lastIndex() {
-			idx = append(idx, i)
-		}
+	idx, sorted := l.dirty, l.dirtySorted
+	l.dirty, l.dirtySorted = idx[:0], true
+	if !sorted {
+		slices.Sort(idx)
+		idx = slices.Compact(idx)
 	}
-	slices.Sort(idx)
+	// Slots since compacted, or dropped by a snapshot or the broken
+	// truncating variant, are not written.
+	lo, hi := 0, len(idx)
+	for lo < hi && idx[lo] <= l.snap.Index {
+		lo++
+	}
+	for hi > lo && idx[hi-1] > l.lastIndex() {
+		hi--
+	}
+	idx = idx[lo:hi]
+	if len(idx) == 0 {
+		return nil
+	}
+	if first, last := idx[0], idx[len(idx)-1]; last-first+1 == uint64(len(idx)) {
+		// One run, the usual case: one copy.
+		return slices.Clone(l.ents[first-l.snap.Index-1 : last-l.snap.Index])
+	}
 	out := make([]consensus.Entry, len(idx))
 	for k, i := range idx {
 		out[k] = *l.entry(i)
 	}
-	clear(l.dirty)
 	return out
 }
 
@@ -138,22 +175,33 @@ func (l *slotLog) hasNextCommitted() bool {
 }
 
 // nextCommitted returns decided entries after handed, at least one and at
-// most maxBytes of data.
+// most maxBytes of data. The slice shares the log's array: a decided slot
+// is never written again, and compaction and snapshots replace the array
+// rather than write to it.
 func (l *slotLog) nextCommitted(maxBytes uint64) []consensus.Entry {
-	var out []consensus.Entry
+	return l.decidedRun(l.handed+1, maxBytes)
+}
+
+// decidedRun returns the decided entries from slot from on, at least one
+// and at most maxBytes of data (counted as Entry.Size), in the log's own
+// array, capped so an append to it cannot reach the log.
+func (l *slotLog) decidedRun(from, maxBytes uint64) []consensus.Entry {
+	if from <= l.snap.Index || l.commit > l.lastIndex() {
+		panic(fmt.Sprintf("paxos: decided slots from %d unavailable (snapshot %d, commit %d, last %d)", from, l.snap.Index, l.commit, l.lastIndex()))
+	}
+	if from > l.commit {
+		return nil
+	}
+	ents := l.ents[from-l.snap.Index-1 : l.commit-l.snap.Index]
 	var size uint64
-	for i := l.handed + 1; i <= l.commit; i++ {
-		e := l.entry(i)
-		if e == nil {
-			panic(fmt.Sprintf("paxos: decided slot %d missing (snapshot %d, last %d)", i, l.snap.Index, l.lastIndex()))
-		}
-		size += e.Size()
-		if len(out) > 0 && size > maxBytes {
+	for k := range ents {
+		size += ents[k].Size()
+		if k > 0 && size > maxBytes {
+			ents = ents[:k]
 			break
 		}
-		out = append(out, *e)
 	}
-	return out
+	return ents[:len(ents):len(ents)]
 }
 
 // compact drops the log at or below index (which must be applied).
@@ -170,7 +218,15 @@ func (l *slotLog) compact(index uint64, cs consensus.ConfState) error {
 	}
 	drop := index - l.snap.Index
 	l.snap = consensus.SnapshotMeta{Index: index, Epoch: e.Epoch, ConfState: cs.Clone()}
-	l.ents = slices.Clone(l.ents[drop:])
+	// The kept slots go into a new array, never to the front of the old
+	// one: Ready.Committed and Decide messages share the old array's
+	// decided slots and must not change under their holders. The new
+	// array is as long as the log was, so a log compacted at a steady
+	// pace does not regrow from the kept tail by doubling each time.
+	kept := l.ents[drop:]
+	ents := make([]consensus.Entry, len(kept), max(len(l.ents), 2*len(kept)))
+	copy(ents, kept)
+	l.ents = ents
 	return nil
 }
 
@@ -187,11 +243,6 @@ func (l *slotLog) restore(s *consensus.Snapshot) {
 	l.snap = s.Meta
 	l.snap.ConfState = s.Meta.ConfState.Clone()
 	l.ents = keep
-	for i := range l.dirty {
-		if i <= s.Meta.Index {
-			delete(l.dirty, i)
-		}
-	}
 	for i := range l.decided {
 		if i <= s.Meta.Index {
 			delete(l.decided, i)

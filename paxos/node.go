@@ -84,6 +84,12 @@ type Node struct {
 	transferElapsed int
 
 	msgs []consensus.Message
+	// msgsHint is how many messages the last Ready took: the next batch
+	// starts with room for as many, rather than growing from one.
+	msgsHint int
+	// msgsGen counts the Readies that took msgs: positions in msgs are
+	// valid within one generation.
+	msgsGen uint64
 	// selfMsgs are messages from this node to itself, taken out of the last
 	// Ready: they are stepped at Advance, once that Ready is durable, so a
 	// node's own promise or acceptance counts only once it is on disk.
@@ -121,7 +127,7 @@ func New(cfg Config, st consensus.InitialState) (*Node, error) {
 		// The bootstrap entries are not on disk yet: the first Ready
 		// carries them and the HardState that decides them.
 		for _, e := range l.ents {
-			l.dirty[e.Index] = struct{}{}
+			l.markDirty(e.Index)
 		}
 	}
 	n := &Node{
@@ -305,7 +311,7 @@ func (n *Node) becomeLeader() {
 	p.active = map[consensus.NodeID]bool{}
 	p.acks = map[consensus.NodeID]uint64{}
 	p.maybePropose(n)
-	p.broadcastDecide(n)
+	p.broadcastDecide(n, decideResend)
 }
 
 // followLeader notes that the proposer of ballot b, from, leads.
@@ -328,6 +334,9 @@ func (n *Node) observe(b Ballot) { n.maxRound = max(n.maxRound, b.Round()) }
 
 func (n *Node) send(m consensus.Message) {
 	m.From = n.id
+	if n.msgs == nil {
+		n.msgs = make([]consensus.Message, 0, max(n.msgsHint, 4))
+	}
 	n.msgs = append(n.msgs, m)
 }
 
@@ -346,7 +355,7 @@ func (n *Node) learned(oldCommit uint64) {
 			return
 		}
 		n.prop.maybePropose(n)
-		n.prop.broadcastDecide(n)
+		n.prop.broadcastDecide(n, decideNewOnly)
 	}
 	if n.role == consensus.Candidate {
 		n.prop.checkPhase1(n)

@@ -1,6 +1,8 @@
 package paxos
 
 import (
+	"slices"
+
 	"github.com/ballotdb/ballot/consensus"
 )
 
@@ -49,14 +51,26 @@ type Proposer struct {
 	decidedReported uint64
 
 	// Phase 2 (leader).
-	next      uint64                     // next slot to propose
-	proposals map[uint64]consensus.Entry // proposed, not yet decided
+	next uint64 // next slot to propose
+	// proposals are the values proposed in this ballot and not yet known
+	// decided: the slots from the decided prefix up to next.
+	proposals slotRing[consensus.Entry]
+	// sent holds the runs of slots Accepts carried, which the messages
+	// to every voter share: appended to, never written over (a full
+	// array is replaced, not reused), so a message never changes once
+	// handed out.
+	sent []consensus.Entry
+	// open is the last run of Accepts maybePropose sent, while its
+	// messages still wait in n.msgs.
+	open openAccepts
 	// confSlot is the slot of the last conf change proposed; while it is
 	// undecided nothing after it is proposed (alpha = 1).
 	confSlot uint64
-	queue    []consensus.Entry // proposals waiting for a slot
-	peers    map[consensus.NodeID]*peer
-	active   map[consensus.NodeID]bool // heard from since the last quorum check
+	// queue[queueHead:] are the proposals waiting for a slot, oldest first.
+	queue     []consensus.Entry
+	queueHead int
+	peers     map[consensus.NodeID]*peer
+	active    map[consensus.NodeID]bool // heard from since the last quorum check
 
 	// Reads.
 	readSeq uint64
@@ -66,7 +80,31 @@ type Proposer struct {
 
 func (p *Proposer) reset(b Ballot) {
 	*p = Proposer{ballot: b, promised: map[consensus.NodeID]bool{}, pageFrom: map[consensus.NodeID]uint64{},
-		recovered: map[uint64]consensus.Entry{}, proposals: map[uint64]consensus.Entry{}}
+		recovered: map[uint64]consensus.Entry{}}
+}
+
+// queued is how many proposals wait for a slot.
+func (p *Proposer) queued() int { return len(p.queue) - p.queueHead }
+
+// enqueue adds a proposal to the queue, reusing the queue's buffer.
+func (p *Proposer) enqueue(e consensus.Entry) {
+	if p.queueHead > 0 && len(p.queue) == cap(p.queue) {
+		k := copy(p.queue, p.queue[p.queueHead:])
+		clear(p.queue[k:])
+		p.queue, p.queueHead = p.queue[:k], 0
+	}
+	p.queue = append(p.queue, e)
+}
+
+// dequeue takes the oldest queued proposal.
+func (p *Proposer) dequeue() consensus.Entry {
+	e := p.queue[p.queueHead]
+	p.queue[p.queueHead] = consensus.Entry{}
+	p.queueHead++
+	if p.queueHead == len(p.queue) {
+		p.queue, p.queueHead = p.queue[:0], 0
+	}
+	return e
 }
 
 // quorum reports whether the voters of cs in ok number at least q.
@@ -178,7 +216,7 @@ func (p *Proposer) maybePropose(n *Node) {
 		return
 	}
 	l := n.log
-	var fresh []consensus.Entry
+	start := len(p.sent)
 	for {
 		if p.next <= l.commit {
 			p.next = l.commit + 1
@@ -195,9 +233,8 @@ func (p *Proposer) maybePropose(n *Node) {
 			} else {
 				e = consensus.Entry{Type: consensus.EntryNoop} // a hole
 			}
-		case len(p.queue) > 0:
-			e = p.queue[0]
-			p.queue = p.queue[1:]
+		case p.queued() > 0:
+			e = p.dequeue()
 		default:
 			s = 0
 		}
@@ -205,23 +242,82 @@ func (p *Proposer) maybePropose(n *Node) {
 			break
 		}
 		e.Index, e.Epoch = s, uint64(p.ballot)
-		p.proposals[s] = e
+		*p.proposals.push(s) = e
 		n.lrn.track(s)
 		if e.Type == consensus.EntryConfChange {
 			p.confSlot = s
 		}
 		p.next++
-		fresh = append(fresh, e)
-	}
-	if len(fresh) > 0 {
-		for _, id := range n.conf().Voters {
-			p.sendAccepts(n, id, fresh)
+		if len(p.sent) == cap(p.sent) {
+			// A new array: messages hold slices of the old one.
+			fresh := p.sent[start:]
+			p.sent = make([]consensus.Entry, len(fresh), max(acceptArenaSlots, 2*len(fresh)))
+			copy(p.sent, fresh)
+			start = 0
 		}
+		p.sent = append(p.sent, e)
+	}
+	if start < len(p.sent) {
+		p.acceptRun(n, start)
 	}
 }
 
+// openAccepts are the Accepts of the last run of proposals, one per voter,
+// not yet handed out in a Ready. Proposals that follow before the Ready
+// extend them (in place, to the same shared run) rather than add a message
+// per voter per proposal, so a Ready carries one Accept per voter for all
+// the slots proposed since the last one.
+type openAccepts struct {
+	gen      uint64             // Node.msgsGen of the messages
+	base     *consensus.Entry   // the array of Proposer.sent they share
+	voters   []consensus.NodeID // to whom, in order
+	at       []int              // their positions in n.msgs
+	lo, hi   int                // they carry sent[lo:hi]
+	bytes    uint64             // entry bytes of sent[lo:hi]
+	lastSlot uint64
+}
+
+// acceptRun sends the Accepts for the slots proposed in sent[start:],
+// extending the open Accepts when they are the run just before and there
+// is room under MaxSizePerMsg.
+func (p *Proposer) acceptRun(n *Node, start int) {
+	fresh := p.sent[start:]
+	var size uint64
+	for i := range fresh {
+		size += fresh[i].Size()
+	}
+	voters := n.conf().Voters
+	o := &p.open
+	if o.gen == n.msgsGen && o.base == &p.sent[0] && o.hi == start && o.lastSlot+1 == fresh[0].Index &&
+		o.bytes+size <= n.cfg.MaxSizePerMsg && slices.Equal(o.voters, voters) {
+		o.hi, o.bytes, o.lastSlot = len(p.sent), o.bytes+size, fresh[len(fresh)-1].Index
+		for _, k := range o.at {
+			n.msgs[k].Entries = p.sent[o.lo:o.hi:o.hi]
+		}
+		return
+	}
+	run := p.sent[start:len(p.sent):len(p.sent)]
+	for _, id := range voters {
+		p.sendAccepts(n, id, run)
+	}
+	*o = openAccepts{voters: o.voters[:0], at: o.at[:0]}
+	if size > n.cfg.MaxSizePerMsg {
+		return // split over several messages per voter: leave them be
+	}
+	o.gen, o.base, o.lo, o.hi, o.bytes, o.lastSlot = n.msgsGen, &p.sent[0], start, len(p.sent), size, fresh[len(fresh)-1].Index
+	o.voters = append(o.voters, voters...)
+	for k := len(n.msgs) - len(voters); k < len(n.msgs); k++ {
+		o.at = append(o.at, k)
+	}
+}
+
+// acceptArenaSlots is how many proposed slots one array of Proposer.sent
+// holds: one allocation per that many proposals.
+const acceptArenaSlots = 256
+
 // sendAccepts sends ents (consecutive slots) to one acceptor, as many
-// Accepts as MaxSizePerMsg asks for.
+// Accepts as MaxSizePerMsg asks for. The messages share ents: the caller
+// hands it over.
 func (p *Proposer) sendAccepts(n *Node, to consensus.NodeID, ents []consensus.Entry) {
 	for len(ents) > 0 {
 		k, size := 0, uint64(0)
@@ -230,18 +326,14 @@ func (p *Proposer) sendAccepts(n *Node, to consensus.NodeID, ents []consensus.En
 			k++
 		}
 		n.send(consensus.Message{Type: consensus.MsgAccept, To: to, Epoch: uint64(p.ballot), Index: ents[0].Index,
-			Commit: n.log.commit, Entries: append([]consensus.Entry(nil), ents[:k]...)})
+			Commit: n.log.commit, Entries: ents[:k:k]})
 		ents = ents[k:]
 	}
 }
 
 // decided drops what the decided prefix now covers.
 func (p *Proposer) decided(n *Node) {
-	for s := range p.proposals {
-		if s <= n.log.commit {
-			delete(p.proposals, s)
-		}
-	}
+	p.proposals.dropThrough(n.log.commit)
 	n.lrn.forget(n.log.commit)
 }
 
@@ -249,7 +341,7 @@ func (p *Proposer) decided(n *Node) {
 // carries catch-up and confirms reads), Accepts again for slots an acceptor
 // has not acknowledged, and Prepares again to voters not yet promised.
 func (p *Proposer) heartbeat(n *Node) {
-	p.broadcastDecide(n)
+	p.broadcastDecide(n, decideResend)
 	if !p.prepared(n) {
 		p.ensurePrepared(n, true)
 	}
@@ -263,11 +355,11 @@ func (p *Proposer) heartbeat(n *Node) {
 			if len(run) == 0 && n.lrn.has(s, id) {
 				continue
 			}
-			e, ok := p.proposals[s]
-			if !ok {
+			e := p.proposals.at(s)
+			if e == nil || e.Index != s {
 				break
 			}
-			run = append(run, e)
+			run = append(run, *e)
 		}
 		if len(run) > 0 {
 			p.sendAccepts(n, id, run)
@@ -275,19 +367,42 @@ func (p *Proposer) heartbeat(n *Node) {
 	}
 }
 
+// decideMode says which decided slots a Decide carries.
+type decideMode int
+
+const (
+	// decideResend: every decided slot the member has not reported, from
+	// its decided prefix on (heartbeats, a new leader, catch-up batches).
+	decideResend decideMode = iota
+	// decideNew: only slots not yet sent to the member, for a member
+	// within a window of the leader; a Decide goes out even if empty (it
+	// carries a read round).
+	decideNew
+	// decideNewOnly: as decideNew, but no message when there is nothing
+	// new (the leader just learned slots).
+	decideNewOnly
+)
+
 // broadcastDecide sends every member but this node a Decide.
-func (p *Proposer) broadcastDecide(n *Node) {
+func (p *Proposer) broadcastDecide(n *Node, mode decideMode) {
 	for _, id := range n.conf().Members() {
 		if id != n.id {
-			p.sendDecide(n, id)
+			p.sendDecide(n, id, mode)
 		}
 	}
 }
 
 // sendDecide sends one member the decided slots it lacks (or the snapshot,
 // when they are compacted), with the leader's decided prefix and the current
-// read round.
-func (p *Proposer) sendDecide(n *Node, to consensus.NodeID) {
+// read round. The slots travel in the log's own array: decided slots are
+// never written again.
+//
+// Each decided slot goes to a member once as it is decided (decideNew),
+// rather than again with every later decision: that resending made the
+// leader's work per decision grow with the member's lag. A lost Decide is
+// made good by the next heartbeat (decideResend), which starts from what
+// the member reported.
+func (p *Proposer) sendDecide(n *Node, to consensus.NodeID, mode decideMode) {
 	pr := p.peers[to]
 	if pr == nil {
 		pr = &peer{decided: n.log.commit}
@@ -295,8 +410,19 @@ func (p *Proposer) sendDecide(n *Node, to consensus.NodeID) {
 	}
 	l := n.log
 	m := consensus.Message{Type: consensus.MsgDecide, To: to, Epoch: uint64(p.ballot), Commit: l.commit, LogEpoch: p.readSeq}
-	if pr.decided < l.commit {
-		if pr.decided < l.snap.Index {
+	from := pr.decided + 1
+	if mode != decideResend && pr.sent >= from {
+		if pr.sent-pr.decided > uint64(2*n.cfg.MaxInflightSlots) {
+			// A catch-up batch is out: the next goes when it is answered.
+			from = l.commit + 1
+		} else {
+			from = pr.sent + 1
+		}
+	}
+	switch {
+	case pr.decided >= l.commit:
+	case pr.decided < l.snap.Index:
+		if mode == decideResend {
 			if pr.snapWait <= 0 {
 				pr.snapWait = n.cfg.ElectionTick
 				n.send(consensus.Message{Type: consensus.MsgSnap, To: to, Epoch: uint64(p.ballot),
@@ -304,19 +430,14 @@ func (p *Proposer) sendDecide(n *Node, to consensus.NodeID) {
 			} else {
 				pr.snapWait--
 			}
-		} else {
-			var size uint64
-			m.Index = pr.decided + 1
-			for i := pr.decided + 1; i <= l.commit; i++ {
-				e := l.entry(i)
-				if len(m.Entries) > 0 && size+e.Size() > n.cfg.MaxSizePerMsg {
-					break
-				}
-				size += e.Size()
-				m.Entries = append(m.Entries, *e)
-			}
-			pr.sent = m.Entries[len(m.Entries)-1].Index
 		}
+	case from <= l.commit:
+		m.Index = from
+		m.Entries = l.decidedRun(from, n.cfg.MaxSizePerMsg)
+		pr.sent = m.Entries[len(m.Entries)-1].Index
+	}
+	if mode == decideNewOnly && len(m.Entries) == 0 {
+		return
 	}
 	n.send(m)
 }
@@ -348,7 +469,7 @@ func (p *Proposer) onDecideResp(n *Node, m consensus.Message) {
 	if m.Index < n.log.commit && m.Index >= pr.sent {
 		// The last batch arrived: send the next one now rather than at
 		// the next heartbeat.
-		p.sendDecide(n, m.From)
+		p.sendDecide(n, m.From, decideResend)
 	}
 }
 
@@ -365,7 +486,7 @@ func (p *Proposer) readIndex(n *Node, ctx []byte, from consensus.NodeID) error {
 	}
 	p.readSeq++
 	p.reads = append(p.reads, pendingRead{ctx: ctx, index: max(p.next-1, p.recoveredMax, n.log.commit), seq: p.readSeq, from: from})
-	p.broadcastDecide(n)
+	p.broadcastDecide(n, decideNew)
 	p.checkReads(n)
 	return nil
 }
