@@ -617,7 +617,15 @@ func (h *Host) reconcile(ctx context.Context) {
 			}
 		}
 	}
-	for _, s := range h.Map().Shards {
+	m := h.Map()
+	for _, g := range h.groups() {
+		// The map drops a member only after the group removed it.
+		if s, ok := m.ByID(g.id); ok && g.id != MetaGroup && !contains(s.Members, h.cfg.Name) {
+			h.wg.Add(1)
+			go func() { defer h.wg.Done(); h.dropGroup(g) }()
+		}
+	}
+	for _, s := range m.Shards {
 		if !contains(s.Members, h.cfg.Name) || h.group(s.ID) != nil {
 			continue
 		}

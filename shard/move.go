@@ -226,30 +226,48 @@ func (h *Host) watchGroup(g *group) {
 		return // stopping: every group stops
 	default:
 	}
+	h.mu.Lock()
+	dropped := h.gs[g.id] != g
+	h.mu.Unlock()
+	if dropped {
+		return // dropped on purpose (dropGroup)
+	}
 	if err := g.srv.Err(); errors.Is(err, node.ErrRemoved) {
-		h.mu.Lock()
-		delete(h.gs, g.id)
-		h.mu.Unlock()
-		// Let calls under way (a forwarded removal among them) answer.
-		deadline := time.Now().Add(2 * time.Second)
-		for g.inflight.Load() > 0 && time.Now().Before(deadline) {
-			select {
-			case <-h.stopc:
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-		g.conn.Close()
-		g.srv.Stop()
-		if err := os.RemoveAll(h.groupDir(g.id)); err != nil {
-			h.log.Warn("removing a moved shard's data", "shard", g.id, "err", err)
-		}
-		h.log.Info("member removed from its shard: dropped", "shard", g.id)
+		h.dropGroup(g)
 		return
 	}
 	h.failOnce.Do(func() {
 		h.failErr = fmt.Errorf("group %d stopped: %w", g.id, g.srv.Err())
 		close(h.failc)
 	})
+}
+
+// dropGroup forgets this host's member of a group it was removed from
+// (the member saw its own removal, or the map no longer lists this host:
+// a Multi-Paxos member may never learn of its removal, since the leader
+// stops sending to it), with its data.
+func (h *Host) dropGroup(g *group) {
+	h.mu.Lock()
+	if h.gs[g.id] != g {
+		h.mu.Unlock()
+		return
+	}
+	delete(h.gs, g.id)
+	h.mu.Unlock()
+	// Let calls under way (a forwarded removal among them) answer.
+	deadline := time.Now().Add(2 * time.Second)
+	for g.inflight.Load() > 0 && time.Now().Before(deadline) {
+		select {
+		case <-h.stopc:
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	g.conn.Close()
+	g.srv.Stop()
+	if err := os.RemoveAll(h.groupDir(g.id)); err != nil {
+		h.log.Warn("removing a moved shard's data", "shard", g.id, "err", err)
+	}
+	h.log.Info("member removed from its shard: dropped", "shard", g.id)
 }
 
 // hostConn returns a connection to another host's router, found through

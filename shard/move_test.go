@@ -62,6 +62,9 @@ func TestMoveUnderLoad(t *testing.T) {
 	waitFor(t, 10*time.Second, "h1 to drop shard 1 and h4 to keep it", func() bool {
 		return c.Host("h1").Server(1) == nil && c.Host("h4").Server(1) != nil
 	})
+	if err := c.Host("h1").Err(); err != nil {
+		t.Fatalf("h1 failed after dropping its member: %v", err)
+	}
 	if _, err := os.Stat(filepath.Join(c.Dir(), "h1", "shards", "1")); !os.IsNotExist(err) {
 		t.Fatalf("h1's data for shard 1 is still there: %v", err)
 	}
