@@ -179,11 +179,22 @@ func (cs ConfState) Marshal() []byte {
 
 // Marshal encodes h with a leading version byte.
 func (h HardState) Marshal() []byte {
-	b := make([]byte, 1, 1+uvarintLen(h.Epoch)+uvarintLen(uint64(h.Vote))+uvarintLen(h.Commit))
-	b[0] = codecVersion
-	b = binary.AppendUvarint(b, h.Epoch)
-	b = binary.AppendUvarint(b, uint64(h.Vote))
-	return binary.AppendUvarint(b, h.Commit)
+	return AppendHardState(make([]byte, 0, HardStateLen(&h)), &h)
+}
+
+// HardStateLen is the exact length of h's encoding, version byte included:
+// what AppendHardState appends and Marshal returns.
+func HardStateLen(h *HardState) int {
+	return 1 + uvarintLen(h.Epoch) + uvarintLen(uint64(h.Vote)) + uvarintLen(h.Commit)
+}
+
+// AppendHardState appends the encoding of h, with its leading version byte,
+// to dst and returns the extended slice: the bytes Marshal returns.
+func AppendHardState(dst []byte, h *HardState) []byte {
+	dst = append(dst, codecVersion)
+	dst = binary.AppendUvarint(dst, h.Epoch)
+	dst = binary.AppendUvarint(dst, uint64(h.Vote))
+	return binary.AppendUvarint(dst, h.Commit)
 }
 
 // Marshal encodes m with a leading version byte.
@@ -201,9 +212,14 @@ func AppendEntry(dst []byte, e *Entry) []byte {
 	return appendEntryBody(dst, e)
 }
 
+// EntryLen is the exact length of e's encoding, version byte included:
+// what AppendEntry appends and Marshal returns. It lets a caller size a
+// buffer, or write a length prefix, before encoding.
+func EntryLen(e *Entry) int { return 1 + entryBodyLen(e) }
+
 // Marshal encodes e with a leading version byte.
 func (e *Entry) Marshal() []byte {
-	return AppendEntry(make([]byte, 0, 1+entryBodyLen(e)), e)
+	return AppendEntry(make([]byte, 0, EntryLen(e)), e)
 }
 
 // messageLen is the exact length of m's encoding, version byte included.

@@ -163,6 +163,12 @@ func TestHardStateRoundTrip(t *testing.T) {
 		if b[0] != codecVersion {
 			t.Fatalf("#%d: leading byte %d, want version %d", i, b[0], codecVersion)
 		}
+		if len(b) != HardStateLen(&h) {
+			t.Fatalf("#%d: %d bytes, HardStateLen says %d", i, len(b), HardStateLen(&h))
+		}
+		if !bytes.Equal(b, AppendHardState([]byte{}, &h)) {
+			t.Fatalf("#%d: Marshal and AppendHardState differ", i)
+		}
 		got, err := UnmarshalHardState(b)
 		if err != nil {
 			t.Fatalf("#%d: %v", i, err)
@@ -200,6 +206,9 @@ func TestEntryRoundTrip(t *testing.T) {
 		}
 		if !bytes.Equal(b, AppendEntry(nil, e)) {
 			t.Fatalf("#%d: Marshal and AppendEntry differ", i)
+		}
+		if len(b) != EntryLen(e) {
+			t.Fatalf("#%d: %d bytes, EntryLen says %d", i, len(b), EntryLen(e))
 		}
 		got, err := UnmarshalEntry(b)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math/bits"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -126,7 +127,13 @@ type WAL struct {
 	offset       int64    // next write offset in file
 	fsyncs       uint64
 	batchesSaved uint64
+	// spare is the buffer of the last finished flush group, empty, for
+	// the next group to encode into (nil when none).
+	spare []byte
 }
+
+// spareBytesMax bounds the group buffer kept for reuse between flushes.
+const spareBytesMax = 4 << 20
 
 // Open opens the log in dir, creating it if empty, and recovers its state.
 func Open(fsys vfs.FS, dir string, opts Options) (*WAL, *State, error) {
@@ -496,11 +503,23 @@ func (w *WAL) roll() error {
 
 // writeFrame writes one frame at the current offset (no sync).
 func (w *WAL) writeFrame(payload []byte) error {
-	n := alignUp(frameHeader + int64(len(payload)))
-	// Cover what an earlier failed write may have left after this frame.
-	buf := make([]byte, max(n, w.dirtyTo-w.offset))
+	frame := make([]byte, frameHeader, frameHeader+len(payload)+frameAlign)
+	return w.writeFrameBuf(append(frame, payload...))
+}
+
+// writeFrameBuf writes frame at the current offset (no sync). frame holds
+// frameHeader bytes of room, then the payload; the header is filled in and
+// the zero padding appended in place, so the caller's buffer changes.
+func (w *WAL) writeFrameBuf(frame []byte) error {
+	payload := frame[frameHeader:]
+	n := alignUp(int64(len(frame)))
+	// Pad to the alignment, and cover what an earlier failed write may
+	// have left after this frame.
+	buf := frame
+	if pad := max(n, w.dirtyTo-w.offset) - int64(len(frame)); pad > 0 {
+		buf = append(buf, make([]byte, pad)...)
+	}
 	binary.LittleEndian.PutUint32(buf, uint32(len(payload)))
-	copy(buf[frameHeader:], payload)
 	h := crc32.Update(0, crcTable, buf[:4])
 	h = crc32.Update(h, crcTable, payload)
 	binary.LittleEndian.PutUint32(buf[4:], h)
@@ -514,22 +533,59 @@ func (w *WAL) writeFrame(payload []byte) error {
 	return nil
 }
 
-// encode turns a batch into records.
-func encode(b *Batch) []byte {
-	var out []byte
+// recordLen is the length of a record whose data is n bytes long.
+func recordLen(n int) int { return 1 + uvarintLen(uint64(n)) + n }
+
+// uvarintLen is the number of bytes binary.AppendUvarint writes for x.
+func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
+
+// batchLen is the length of b's records, exactly what encodeBatch appends.
+func batchLen(b *Batch) int {
+	n := 0
 	if b.Snapshot != nil {
-		out = appendRecord(out, recSnapshot, b.Snapshot.Marshal())
+		n += recordLen(len(b.Snapshot.Marshal()))
 	}
 	if b.Truncate {
-		out = appendRecord(out, recTruncate, binary.AppendUvarint(nil, b.TruncateAfter))
+		n += recordLen(uvarintLen(b.TruncateAfter))
 	}
 	for i := range b.Entries {
-		out = appendRecord(out, recEntry, b.Entries[i].Marshal())
+		n += recordLen(consensus.EntryLen(&b.Entries[i]))
 	}
 	if !b.HardState.IsEmpty() {
-		out = appendRecord(out, recHardState, b.HardState.Marshal())
+		n += recordLen(consensus.HardStateLen(&b.HardState))
 	}
-	return out
+	return n
+}
+
+// encodeBatch appends b's records to dst in one pass: dst grows at most
+// once, and entries and the hard state are encoded straight into it (no
+// per-record temporary). The bytes are those of appendRecord(…, Marshal())
+// record by record.
+func encodeBatch(dst []byte, b *Batch) []byte {
+	if need := batchLen(b); cap(dst)-len(dst) < need {
+		dst = slices.Grow(dst, need)
+	}
+	if b.Snapshot != nil {
+		// Rare (one per snapshot): the plain way.
+		dst = appendRecord(dst, recSnapshot, b.Snapshot.Marshal())
+	}
+	if b.Truncate {
+		dst = append(dst, recTruncate)
+		dst = binary.AppendUvarint(dst, uint64(uvarintLen(b.TruncateAfter)))
+		dst = binary.AppendUvarint(dst, b.TruncateAfter)
+	}
+	for i := range b.Entries {
+		e := &b.Entries[i]
+		dst = append(dst, recEntry)
+		dst = binary.AppendUvarint(dst, uint64(consensus.EntryLen(e)))
+		dst = consensus.AppendEntry(dst, e)
+	}
+	if !b.HardState.IsEmpty() {
+		dst = append(dst, recHardState)
+		dst = binary.AppendUvarint(dst, uint64(consensus.HardStateLen(&b.HardState)))
+		dst = consensus.AppendHardState(dst, &b.HardState)
+	}
+	return dst
 }
 
 // Save makes b durable, sharing the fsync with concurrent callers. It
@@ -540,9 +596,8 @@ func (w *WAL) Save(ctx context.Context, b Batch) error {
 	if b.Empty() {
 		return nil
 	}
-	rec := encode(&b)
-	if int64(len(rec))+frameHeader+frameAlign > w.opts.SegmentBytes/2 {
-		return fmt.Errorf("%w: %d bytes (segments are %d)", ErrTooLarge, len(rec), w.opts.SegmentBytes)
+	if n := int64(batchLen(&b)); n+frameHeader+frameAlign > w.opts.SegmentBytes/2 {
+		return fmt.Errorf("%w: %d bytes (segments are %d)", ErrTooLarge, n, w.opts.SegmentBytes)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -554,10 +609,16 @@ func (w *WAL) Save(ctx context.Context, b Batch) error {
 	}
 	g := w.group
 	if g == nil {
-		g = &flushGroup{}
+		// The group's frame is built in place: its header is filled in
+		// by writeFrameBuf. The buffer is the one the last flush
+		// finished with, if any (see spare).
+		g = &flushGroup{buf: append(w.spare[:0], make([]byte, frameHeader)...)}
+		w.spare = nil
 		w.group = g
 	}
-	g.buf = append(g.buf, rec...)
+	// Encoded straight into the group's buffer, under w.mu: the flusher
+	// takes the group (and its buffer) only under w.mu too.
+	g.buf = encodeBatch(g.buf, &b)
 	g.batches++
 	for _, e := range b.Entries {
 		g.maxIndex = max(g.maxIndex, e.Index)
@@ -592,6 +653,8 @@ func (w *WAL) Save(ctx context.Context, b Batch) error {
 // flushGroup is the batches one flush writes with one write and one fsync,
 // and its outcome, shared by their callers.
 type flushGroup struct {
+	// buf is the frame: frameHeader bytes for the header, then the
+	// records of every batch in the group.
 	buf      []byte
 	batches  uint64
 	maxIndex uint64 // highest entry index in buf
@@ -631,6 +694,13 @@ func (w *WAL) flushLocked() {
 		g.err = err
 	}
 	g.finished = true
+	// The frame is on disk (or failed): nothing reads g.buf any more —
+	// the group's callers look only at finished and err — so the next
+	// group reuses it, up to a bound so one huge batch does not pin its
+	// buffer for good.
+	if cap(g.buf) <= spareBytesMax {
+		w.spare = g.buf[:0]
+	}
 	g.buf = nil
 	close(w.flushDone)
 	w.flushDone = make(chan struct{})
@@ -640,8 +710,11 @@ func (w *WAL) flushLocked() {
 // (ENOSPC) while creating a segment or writing a frame is not fatal: the
 // offset does not move, and the bytes a partial write may have left are
 // zeroed by the next write. Any other failure, and any fsync failure, is.
-func (w *WAL) writeAndSync(buf []byte, maxIx uint64, snap consensus.SnapshotMeta) (err error, fatal bool) {
-	need := alignUp(frameHeader + int64(len(buf)))
+//
+// frame is frameHeader bytes of room for the header, then the payload;
+// writeAndSync fills in the header and pads it in place.
+func (w *WAL) writeAndSync(frame []byte, maxIx uint64, snap consensus.SnapshotMeta) (err error, fatal bool) {
+	need := alignUp(int64(len(frame)))
 	if w.offset+need > w.opts.SegmentBytes {
 		if err := w.clearDirty(); err != nil {
 			return err, !errors.Is(err, syscall.ENOSPC)
@@ -650,7 +723,7 @@ func (w *WAL) writeAndSync(buf []byte, maxIx uint64, snap consensus.SnapshotMeta
 			return err, !errors.Is(err, syscall.ENOSPC)
 		}
 	}
-	if err := w.writeFrame(buf); err != nil {
+	if err := w.writeFrameBuf(frame); err != nil {
 		w.dirtyTo = max(w.dirtyTo, w.offset+need)
 		return err, !errors.Is(err, syscall.ENOSPC)
 	}
