@@ -26,9 +26,15 @@ type loop struct {
 	// The outstanding Ready, if any: handed out by the engine, not yet
 	// advanced. While it is outstanding the engine keeps ticking and
 	// stepping, but produces no other Ready.
-	rd           *consensus.Ready
-	late         []consensus.Message // sent once rd is durable
-	job          *persistJob         // rd's durable part: persisting, or waiting to retry
+	rd    *consensus.Ready
+	rdBuf consensus.Ready // where rd points, so a Ready costs no allocation
+	// now and late are rd's messages that may leave at once and those sent
+	// once rd is durable. Both buffers are reused from Ready to Ready: the
+	// messages are copied in from rd.Messages (which the engine reuses
+	// after Advance) and out again by the transport during Send.
+	now          []consensus.Message
+	late         []consensus.Message
+	job          *persistJob // rd's durable part: persisting, or waiting to retry
 	persisting   bool
 	persistStart uint64 // tick the current attempt started
 	retryAt      uint64 // tick of the next attempt after ENOSPC
@@ -391,19 +397,20 @@ func (l *loop) maybeReady() {
 	if l.rd != nil || len(n.applyc) == cap(n.applyc) || !l.eng.HasReady() {
 		return
 	}
-	rd := l.eng.Ready()
-	l.rd = &rd
+	l.rdBuf = l.eng.Ready()
+	rd := &l.rdBuf
+	l.rd = rd
 	early := rd.HardState.IsEmpty() || (rd.HardState.Epoch == l.durableHS.Epoch && rd.HardState.Vote == l.durableHS.Vote)
-	var now []consensus.Message
-	l.late = l.late[:0]
-	for _, m := range rd.Messages {
-		if early && earlySafe(m.Type) {
-			now = append(now, m)
+	l.now, l.late = l.now[:0], l.late[:0]
+	for i := range rd.Messages {
+		if m := &rd.Messages[i]; early && earlySafe(m.Type) {
+			l.now = append(l.now, *m)
 		} else {
-			l.late = append(l.late, m)
+			l.late = append(l.late, *m)
 		}
 	}
-	l.send(now)
+	l.send(l.now)
+	clear(l.now) // drop the references to entries until the next Ready
 	for _, rs := range rd.ReadStates {
 		l.onReadState(rs)
 	}
@@ -425,7 +432,7 @@ func (l *loop) maybeReady() {
 		hs = l.carryHS
 	}
 	l.carryHS = consensus.HardState{}
-	l.job = &persistJob{snap: rd.Snapshot, batches: l.batches(&rd, hs), hs: hs}
+	l.job = &persistJob{snap: rd.Snapshot, batches: l.batches(rd, hs), hs: hs}
 	l.startPersist()
 }
 
@@ -439,16 +446,21 @@ func (l *loop) batches(rd *consensus.Ready, hs consensus.HardState) []wal.Batch 
 		b.Snapshot = &meta
 	}
 	out := []wal.Batch{b}
+	// Each batch's entries are a sub-slice of rd.Entries, not a copy:
+	// nothing writes to them (the engine never changes an entry it handed
+	// out, and the persister and the WAL only read them).
 	var size uint64
-	for _, e := range rd.Entries {
-		cur := &out[len(out)-1]
-		if s := e.Size() + 16; size+s > limit && len(cur.Entries) > 0 {
+	start := 0
+	for i := range rd.Entries {
+		if s := rd.Entries[i].Size() + 16; size+s > limit && i > start {
+			out[len(out)-1].Entries = rd.Entries[start:i:i]
 			out = append(out, wal.Batch{})
-			size = 0
-			cur = &out[len(out)-1]
+			start, size = i, 0
 		}
-		cur.Entries = append(cur.Entries, e)
-		size += e.Size() + 16
+		size += rd.Entries[i].Size() + 16
+	}
+	if start < len(rd.Entries) {
+		out[len(out)-1].Entries = rd.Entries[start:len(rd.Entries):len(rd.Entries)]
 	}
 	out[len(out)-1].HardState = hs
 	return out
@@ -510,6 +522,7 @@ func (l *loop) finishReady() {
 	n := l.n
 	rd := l.rd
 	l.send(l.late)
+	clear(l.late)
 	l.late = l.late[:0]
 	if rd.Snapshot != nil || len(rd.Committed) > 0 {
 		n.applyc <- applyTask{snap: rd.Snapshot, ents: rd.Committed} // room checked before Ready
@@ -520,6 +533,7 @@ func (l *loop) finishReady() {
 		}
 	}
 	l.rd = nil
+	l.rdBuf = consensus.Ready{} // drop the references; applyc and the job hold their own
 	l.advance(n.applied.Load())
 	l.refreshStatus()
 	if j := l.snapWaiting; j != nil {
@@ -603,26 +617,37 @@ func (l *loop) onInstall(s *consensus.Snapshot) {
 
 // send sends messages, routing snapshots through the snapshotter, which
 // attaches their data.
+//
+// Ownership: msgs is one of the loop's reused buffers. The transports copy
+// each message out (into a peer queue or an inbox) before Send returns
+// and keep no reference to the slice, so the buffer is the loop's again
+// when send returns; its capacity is clipped so that a Transport wrapper
+// that appends to it allocates instead of writing into the buffer.
 func (l *loop) send(msgs []consensus.Message) {
 	n := l.n
-	out := msgs[:0:0]
-	for _, m := range msgs {
-		if m.Type != consensus.MsgSnap {
-			out = append(out, m)
-			continue
-		}
-		select {
-		case n.snapSend <- m:
-		default:
-			n.obs.MessageDropped(m, DropSnapshotBusy)
-			n.reports.snapshot(m.To, false)
+	out := msgs
+	if slices.ContainsFunc(msgs, func(m consensus.Message) bool { return m.Type == consensus.MsgSnap }) {
+		// Rare: a snapshot goes through the snapshotter; the others are
+		// copied into a new slice.
+		out = nil
+		for _, m := range msgs {
+			if m.Type != consensus.MsgSnap {
+				out = append(out, m)
+				continue
+			}
+			select {
+			case n.snapSend <- m:
+			default:
+				n.obs.MessageDropped(m, DropSnapshotBusy)
+				n.reports.snapshot(m.To, false)
+			}
 		}
 	}
 	if len(out) > 0 {
-		for _, m := range out {
-			n.obs.MessageSent(m)
+		for i := range out {
+			n.obs.MessageSent(out[i])
 		}
-		n.tr.Send(out)
+		n.tr.Send(out[:len(out):len(out)])
 	}
 }
 
