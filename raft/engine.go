@@ -13,6 +13,16 @@ func (r *Raft) Propose(data []byte) error {
 	if uint64(len(data)) > r.cfg.MaxEntrySize {
 		return fmt.Errorf("%w: proposal of %d bytes exceeds MaxEntrySize %d", consensus.ErrTooLarge, len(data), r.cfg.MaxEntrySize)
 	}
+	if r.role == consensus.Leader {
+		// What stepping the MsgProp below comes to on a leader (a local
+		// message has no epoch, and r.step is stepLeader), with the entry
+		// on the stack: the log copies it, so the proposal costs no
+		// allocation of its own.
+		ents := [1]consensus.Entry{{Type: consensus.EntryNormal, Data: data}}
+		err := r.leaderPropose(consensus.Message{Type: consensus.MsgProp, From: r.id, Entries: ents[:]})
+		r.checkInvariants()
+		return err
+	}
 	return r.local(consensus.Message{Type: consensus.MsgProp, From: r.id,
 		Entries: []consensus.Entry{{Type: consensus.EntryNormal, Data: data}}})
 }
@@ -111,8 +121,13 @@ func (r *Raft) HasReady() bool {
 		len(r.msgs) > 0 || len(r.readStates) > 0
 }
 
+// msgsKeepMax bounds the message buffer the engine keeps for reuse.
+const msgsKeepMax = 4096
+
 // Ready returns the work to do; see consensus.Ready for the order. It must
-// be handed back with Advance before Ready is called again.
+// be handed back with Advance before Ready is called again. The Messages
+// slice is the engine's again at Advance (it is reused): a caller that
+// keeps messages past Advance copies them out first.
 func (r *Raft) Ready() consensus.Ready {
 	if r.outstanding {
 		panic("raft: Ready called again before Advance")
@@ -136,7 +151,10 @@ func (r *Raft) Ready() consensus.Ready {
 	}
 	r.readyLast = 0
 	if last := l.lastIndex(); l.written < last {
-		rd.Entries = append([]consensus.Entry(nil), l.entries[l.written-l.snapIndex:]...)
+		// A sub-slice of the log, not a copy: the log never writes over
+		// an entry in place (see raftLog), and the capacity is clipped.
+		lo, hi := l.written-l.snapIndex, last-l.snapIndex
+		rd.Entries = l.entries[lo:hi:hi]
 		l.written = last
 		r.readyLast = last
 		rd.MustSync = true
@@ -156,7 +174,12 @@ func (r *Raft) Ready() consensus.Ready {
 			r.uncommittedSize -= min(payload, r.uncommittedSize)
 		}
 	}
-	rd.Messages, r.msgs = r.msgs, nil
+	if len(r.msgs) > 0 {
+		// The caller holds rd.Messages until Advance; the engine collects
+		// into the other buffer meanwhile.
+		rd.Messages, r.msgsOut = r.msgs, r.msgs
+		r.msgs, r.msgsFree = r.msgsFree[:0], nil
+	}
 	rd.ReadStates, r.readStates = r.readStates, nil
 	r.outstanding = true
 	return rd
@@ -171,6 +194,16 @@ func (r *Raft) Advance(applied uint64) {
 	l := r.log
 	if r.outstanding {
 		r.outstanding = false
+		if r.msgsOut != nil {
+			// The caller is done with the Ready's messages: reuse the
+			// buffer, emptied so it pins no entries, unless one burst
+			// made it unusually large.
+			if cap(r.msgsOut) <= msgsKeepMax {
+				clear(r.msgsOut)
+				r.msgsFree = r.msgsOut[:0]
+			}
+			r.msgsOut = nil
+		}
 		// What the Ready wrote is durable, unless the log was cut below it
 		// since; then the next Ready rewrites from the cut.
 		if l.truncGen == r.readyGen && r.readyLast > l.stable {

@@ -10,6 +10,13 @@ import (
 // after it, all held in memory (as etcd's MemoryStorage holds them in
 // practice), plus the bookkeeping that tells the runtime what to persist.
 //
+// Invariant: an element of the entries array is never written again once
+// appended. Appends go after the end; truncation cuts the capacity, so the
+// next append copies into a new array; compaction and restore start new
+// arrays. So the sub-slices the engine hands out (a Ready's Entries and
+// Committed, a MsgApp's Entries), each with its capacity clipped, stay as
+// they were for as long as their holders keep them.
+//
 // Index bookkeeping, from left to right:
 //
 //	snapIndex <= applied <= handed <= committed <= lastIndex
@@ -155,7 +162,14 @@ func (l *raftLog) truncateTo(index uint64) {
 	if index >= l.lastIndex() {
 		return
 	}
-	l.entries = l.entries[:index-l.snapIndex]
+	// The capacity is cut too, so the entries appended next go into a new
+	// array and never over the ones dropped here: those may still be held
+	// by an outstanding Ready (Entries), or by MsgApps this node sent as
+	// leader and a transport has not encoded yet. With this, an entry in
+	// the log's array never changes once written, which is what lets
+	// Ready, slice and nextCommitted hand out sub-slices of it.
+	keep := index - l.snapIndex
+	l.entries = l.entries[:keep:keep]
 	if index < l.written {
 		if !l.truncate || index < l.truncateAfter {
 			l.truncateAfter = index
@@ -248,7 +262,19 @@ func (l *raftLog) compact(index uint64) error {
 	if err != nil {
 		return err
 	}
-	l.entries = append([]consensus.Entry(nil), l.entries[index-l.snapIndex:]...)
+	// The kept tail goes into a new array, never to the front of the old
+	// one: slices of the old array are still out there (a Ready's
+	// Committed entries being applied, MsgApps waiting in a transport
+	// queue) and must not change under their holders. The new array has
+	// room for as long a log as this one, so a log compacted at a steady
+	// pace does
+	// not regrow from the tail's length each time (a quarter more than
+	// that, because the log is not quite as long at each compaction);
+	// after a burst, the next compaction sizes it down again.
+	kept := l.entries[index-l.snapIndex:]
+	ents := make([]consensus.Entry, len(kept), max(len(l.entries)+len(l.entries)/4, 2*len(kept)))
+	copy(ents, kept)
+	l.entries = ents
 	l.snapIndex, l.snapEpoch = index, t
 	return nil
 }

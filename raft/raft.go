@@ -65,7 +65,15 @@ type Raft struct {
 
 	votes map[consensus.NodeID]bool
 
+	// msgs collects what the engine sends until the next Ready hands it
+	// out. Message buffers alternate: the one the outstanding Ready holds
+	// (msgsOut) is the caller's until Advance, which gives it back as
+	// msgsFree for the next Ready after that to collect into. So a caller
+	// must not keep rd.Messages past Advance (copying the messages out is
+	// fine: they are values); no caller does.
 	msgs       []consensus.Message
+	msgsOut    []consensus.Message
+	msgsFree   []consensus.Message
 	readStates []consensus.ReadState
 	reads      readOnly
 	hbRound    uint64 // heartbeat rounds sent while reads wait; never decreases
