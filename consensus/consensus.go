@@ -260,6 +260,12 @@ type ReadState struct {
 //
 // Then the Ready is handed back with Advance. Until then the engine produces no
 // new Ready.
+//
+// Ownership: the slices of a Ready belong to the caller until Advance and to
+// the engine again after it — an engine may reuse the Messages array for a
+// later Ready (raft does), so a caller that keeps messages past Advance
+// copies the Message values (the transports queue copies). Entry data and
+// the Entries slices are never overwritten once handed out.
 type Ready struct {
 	// HardState is the new HardState to persist, or the zero value when it is
 	// unchanged. Durable before Messages are sent.
