@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -608,6 +609,7 @@ func (t *TCP) readLoop(c net.Conn) {
 	c.SetReadDeadline(time.Time{})
 	br := bufio.NewReaderSize(c, 64<<10)
 	var frame []byte
+	var msgs []envelope // reused for every frame
 	for {
 		var lb [4]byte
 		if _, err := io.ReadFull(br, lb[:]); err != nil {
@@ -637,7 +639,8 @@ func (t *TCP) readLoop(c net.Conn) {
 			}
 			continue
 		}
-		msgs, err := decodeFrame(frame, t.mux != nil)
+		var err error
+		msgs, err = decodeFrameInto(msgs[:0], frame, t.mux != nil)
 		if err != nil {
 			t.cfg.Logger.Warn("bad frame", "peer", from, "err", err)
 			return
@@ -656,12 +659,19 @@ func (t *TCP) readLoop(c net.Conn) {
 // decodeFrame decodes a frame's payload; tagged (wire version 3) reads each
 // message's group before it.
 func decodeFrame(frame []byte, tagged bool) ([]envelope, error) {
+	return decodeFrameInto(nil, frame, tagged)
+}
+
+// decodeFrameInto is decodeFrame appending to msgs: a reader reuses one
+// slice for every frame (the messages are handed on by value before the
+// next frame is read).
+func decodeFrameInto(msgs []envelope, frame []byte, tagged bool) ([]envelope, error) {
 	count, k := binary.Uvarint(frame)
 	if k <= 0 || count > uint64(len(frame)) {
 		return nil, fmt.Errorf("%w: bad message count", consensus.ErrCorrupt)
 	}
 	off := k
-	msgs := make([]envelope, 0, count)
+	msgs = slices.Grow(msgs, int(count))
 	for range count {
 		var group uint64
 		if tagged {
