@@ -45,8 +45,12 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 			return nil, err
 		}
 	}
-	// After the barrier: a split applied before it must refuse the read.
+	// After the barrier: a split applied before it must refuse the read,
+	// and so must a transaction's write lock taken before it.
 	if err := k.s.shardGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
+		return nil, err
+	}
+	if err := k.s.txnGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
 		return nil, err
 	}
 	resp, err := k.s.store.Range(r)
@@ -115,6 +119,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 			}
 		}
 		if err := k.s.shardGuard(&pb.InternalRaftRequest{Txn: r}); err != nil {
+			return nil, err
+		}
+		if err := k.s.txnGuard(&pb.InternalRaftRequest{Txn: r}); err != nil {
 			return nil, err
 		}
 		resp, err = k.s.store.Txn(r)

@@ -260,6 +260,9 @@ func (s *Server) refuseWrite(ctx context.Context, r *pb.InternalRaftRequest) err
 	if err := s.shardGuard(r); err != nil {
 		return err
 	}
+	if err := s.txnGuard(r); err != nil {
+		return err
+	}
 	if s.alarmRefusal(r) != nil {
 		if err := s.readBarrier(ctx); err != nil {
 			return err
@@ -280,6 +283,9 @@ func (s *Server) refuseWrite(ctx context.Context, r *pb.InternalRaftRequest) err
 func (s *Server) applyGuard(r *pb.InternalRaftRequest) error {
 	s.unsafeCorrupt(r)
 	if err := s.shardGuard(r); err != nil {
+		return err
+	}
+	if err := s.txnGuard(r); err != nil {
 		return err
 	}
 	return s.alarmRefusal(r)

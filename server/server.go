@@ -159,6 +159,10 @@ type UnsafeKnobs struct {
 	// split), so that writes land on both sides (the split test's proof
 	// that its check bites).
 	NoShardGuard bool
+	// NoTxnReadLocks makes cross-shard transactions take no read locks,
+	// so that two can each read what the other writes and both commit
+	// (the write-skew test's proof that it bites).
+	NoTxnReadLocks bool
 }
 
 // MemberIDFor derives a member's ID from the cluster token and its peer
@@ -203,6 +207,7 @@ type Server struct {
 	mconns memberConns // to other members: forwarding, consistency checks
 
 	shardRange atomic.Pointer[[2][]byte] // the shard's [start, end): see split.go
+	txn        txnIndex                  // cross-shard transactions' state: see txn.go
 	maint      maintState                // data size, quota and consistency check: see quota.go, corrupt.go
 
 	stopOnce sync.Once
@@ -263,6 +268,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s.store.SetObserver(s.hub.observe)
 	s.store.SetApplyHook(s.applyHook)
 	s.loadRange()
+	s.loadTxn()
 
 	peers := map[consensus.NodeID]string{}
 	for name, addr := range cfg.InitialCluster {

@@ -26,6 +26,7 @@ func (m *stateMachine) Restore(r io.Reader) error {
 		return err
 	}
 	m.s.loadRange()
+	m.s.loadTxn()
 	m.s.hub.restored()
 	return nil
 }

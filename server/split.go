@@ -9,6 +9,8 @@ import (
 	"maps"
 	"slices"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -40,6 +42,11 @@ const (
 
 // ErrGRPCSplitRefused refuses a split at a key outside the shard's range.
 var ErrGRPCSplitRefused = status.Error(codes.FailedPrecondition, "ballot: split key not strictly inside the shard's range")
+
+// ErrGRPCSplitBusy refuses a split while the shard takes part in
+// cross-shard transactions (their locks and records would have to move
+// with the keys); the splitter tries again later.
+var ErrGRPCSplitBusy = status.Error(codes.Unavailable, "ballot: shard busy with cross-shard transactions; split again later")
 
 // SplitRequest asks a shard to split at Key: the keys from Key to the
 // shard's end go to a new shard Child, kept by Members (host name → peer
@@ -132,8 +139,20 @@ func (s *Server) Split(ctx context.Context, req SplitRequest) error {
 // applyInternal applies an entry that starts with internalMarker.
 func (s *Server) applyInternal(index uint64, cmd []byte) []byte {
 	s.store.SetApplied(index)
-	if len(cmd) < 2 || cmd[1] != internalSplit {
-		return kv.EncodeResult(nil, status.Errorf(codes.InvalidArgument, "server: unknown internal entry %x", cmd[:min(len(cmd), 2)]))
+	if len(cmd) < 2 {
+		return kv.EncodeResult(nil, status.Errorf(codes.InvalidArgument, "server: short internal entry"))
+	}
+	switch cmd[1] {
+	case internalSplit:
+	case internalBegin, internalPrepare, internalResolve, internalDecide, internalExpire, internalForget:
+		out, err := s.applyTxnCall(cmd[1], cmd[2:])
+		if err != nil {
+			return kv.EncodeResult(nil, err)
+		}
+		// The result rides as a one-key RangeResponse's value.
+		return kv.EncodeResult(&pb.RangeResponse{Kvs: []*mvccpb.KeyValue{{Value: out}}, Count: 1}, nil)
+	default:
+		return kv.EncodeResult(nil, status.Errorf(codes.InvalidArgument, "server: unknown internal entry %x", cmd[:2]))
 	}
 	var req SplitRequest
 	if err := json.Unmarshal(cmd[2:], &req); err != nil {
@@ -149,6 +168,9 @@ func (s *Server) applySplit(index uint64, req SplitRequest) error {
 	key := fmt.Sprint(req.Child)
 	if s.store.Meta(metaShardChildren+key) != nil {
 		return nil // the same split, proposed again: done already
+	}
+	if s.HasTxnState() {
+		return ErrGRPCSplitBusy
 	}
 	start, end := s.Range()
 	if bytes.Compare(req.Key, start) <= 0 || (len(end) > 0 && bytes.Compare(req.Key, end) >= 0) || req.Child == 0 {
