@@ -83,6 +83,11 @@ type Config struct {
 	// NoQuiesce keeps idle groups ticking (see quiesce.go); for
 	// measuring what quiescence saves.
 	NoQuiesce bool
+	// TxnFailpoint, for tests, stops the coordinator of a cross-shard
+	// transaction at a step ("after-begin", "after-prepare",
+	// "after-decide", "after-resolve") when it returns true, as if it
+	// crashed there.
+	TxnFailpoint func(step string) bool
 	// Unsafe breaks every shard on purpose (tests only; see
 	// server.UnsafeKnobs).
 	Unsafe server.UnsafeKnobs
@@ -466,6 +471,7 @@ func (h *Host) keepMap() {
 				h.balance(ctx)
 				h.autoSplit(ctx)
 				h.hintLeaders(ctx)
+				h.sweepTxns(ctx)
 			}
 		}
 		cancel()

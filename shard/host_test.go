@@ -92,23 +92,21 @@ func TestShardedKV(t *testing.T) {
 	if _, err := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithRev(2)); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("range at a revision across shards: %v, want InvalidArgument", err)
 	}
-	// A Txn within one shard works; across shards it is refused.
+	// A Txn within one shard works, and one across shards (two-phase
+	// commit: see txn_test.go for its proofs).
 	k1, k2 := keyIn(2, 4, "a"), keyIn(2, 4, "b")
 	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k1), "=", 0)).
 		Then(clientv3.OpPut(k1, "1"), clientv3.OpPut(k2, "2")).Commit()
 	if err != nil || !tr.Succeeded {
 		t.Fatalf("single-shard txn: %v %v", tr, err)
 	}
-	_, err = cli.Txn(ctx).Then(clientv3.OpPut(keyIn(1, 4, "x"), "1"), clientv3.OpPut(keyIn(3, 4, "x"), "2")).Commit()
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "cross-shard") {
-		t.Fatalf("cross-shard txn: %v, want FailedPrecondition", err)
-	}
-	if r, _ := cli.Get(ctx, keyIn(1, 4, "x")); r.Count != 0 {
-		t.Fatal("a refused cross-shard txn changed state")
+	tr, err = cli.Txn(ctx).Then(clientv3.OpPut(keyIn(1, 4, "x"), "1"), clientv3.OpPut(keyIn(3, 4, "x"), "2")).Commit()
+	if err != nil || !tr.Succeeded {
+		t.Fatalf("cross-shard txn: %v %v", tr, err)
 	}
 	// A delete across shards deletes every part.
 	dr, err := cli.Delete(ctx, "", clientv3.WithFromKey(), clientv3.WithPrevKV())
-	if err != nil || dr.Deleted != 14 || len(dr.PrevKvs) != 14 {
+	if err != nil || dr.Deleted != 16 || len(dr.PrevKvs) != 16 {
 		t.Fatalf("delete across shards: %v %v", dr, err)
 	}
 	if r, _ := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithCountOnly()); r.Count != 0 {

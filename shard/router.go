@@ -24,7 +24,6 @@ import (
 
 // Errors the router answers with (see docs/sharding.md).
 var (
-	ErrGRPCCrossShardTxn   = status.Error(codes.FailedPrecondition, "ballot: cross-shard transaction: its keys are in more than one shard (not supported yet; see docs/sharding.md)")
 	ErrGRPCLeaseOtherShard = status.Error(codes.FailedPrecondition, "ballot: lease and key in different shards (a lease lives in one shard; see docs/sharding.md)")
 	ErrGRPCRevisionAcross  = status.Error(codes.InvalidArgument, "ballot: a range across shards cannot be read at a revision (revisions are per shard)")
 	ErrGRPCLeaseIDShard    = status.Error(codes.InvalidArgument, "ballot: in sharded mode a lease ID names its shard in its top 16 bits; this one names none")
@@ -124,7 +123,7 @@ func routed[T any](ctx context.Context, r *router, f func(Map) (T, error)) (T, e
 	var zero T
 	backoff := 5 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		out, err := f(r.h.Map())
+		out, err := pushed(ctx, r.h, func() (T, error) { return f(r.h.Map()) })
 		if err == nil || !retryable(err) || attempt == wrongShardRetries {
 			return out, err
 		}
@@ -308,11 +307,11 @@ func (k *kvRouter) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 		ids := map[uint64]bool{}
 		var leaseErr error
 		txnShards(m, req, ids, &leaseErr)
-		if len(ids) > 1 {
-			return nil, ErrGRPCCrossShardTxn
-		}
 		if leaseErr != nil {
 			return nil, leaseErr
+		}
+		if len(ids) > 1 {
+			return k.r.h.txn(ctx, req)
 		}
 		id := m.Lookup(nil).ID // a Txn with no keys at all: any shard answers it
 		for s := range ids {

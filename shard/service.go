@@ -23,11 +23,12 @@ import (
 // calls it.
 
 const (
-	shardService = "ballot.shard.Shards"
-	listMethod   = "/" + shardService + "/List"
-	splitMethod  = "/" + shardService + "/Split"
-	moveMethod   = "/" + shardService + "/Move"
-	drainMethod  = "/" + shardService + "/Drain"
+	shardService  = "ballot.shard.Shards"
+	listMethod    = "/" + shardService + "/List"
+	splitMethod   = "/" + shardService + "/Split"
+	moveMethod    = "/" + shardService + "/Move"
+	drainMethod   = "/" + shardService + "/Drain"
+	txnCallMethod = "/" + shardService + "/TxnCall"
 )
 
 // SplitRequest asks for shard Shard to be split at Key (see SplitKey).
@@ -145,6 +146,19 @@ func registerShardService(s *grpc.Server, h *Host) {
 					return nil, toStatus(err)
 				}
 				return h.List(ctx)
+			},
+		}, {
+			MethodName: "TxnCall",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				var in txnCallRequest
+				if err := dec(&in); err != nil {
+					return nil, err
+				}
+				out, err := h.txnCall(ctx, in.Shard, in.Op, in.Call)
+				if err != nil {
+					return nil, err
+				}
+				return &txnCallResponse{Result: out}, nil
 			},
 		}, {
 			MethodName: "Drain",

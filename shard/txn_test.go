@@ -1,0 +1,379 @@
+package shard_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ballotdb/ballot/shard"
+	"github.com/ballotdb/ballot/shard/shardtest"
+)
+
+// TestCrossShardTxn: a Txn over keys of several shards commits all or
+// nothing, takes the branch all its compares choose, and answers reads
+// across shards from one consistent state.
+func TestCrossShardTxn(t *testing.T) {
+	c := shardtest.New(t, 3, 4)
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cli := c.Client()
+	a, b, d := keyIn(1, 4, "a"), keyIn(3, 4, "b"), keyIn(4, 4, "d")
+	tr, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(a), "=", 0), clientv3.Compare(clientv3.CreateRevision(b), "=", 0)).
+		Then(clientv3.OpPut(a, "1"), clientv3.OpPut(b, "2"), clientv3.OpGet(d)).Else(clientv3.OpGet(a)).Commit()
+	if err != nil || !tr.Succeeded || len(tr.Responses) != 3 {
+		t.Fatalf("first txn: %+v %v", tr, err)
+	}
+	// The compares now fail in one shard: the else branch, nothing written.
+	tr, err = cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(a), "=", "1"), clientv3.Compare(clientv3.Value(b), "=", "nope")).
+		Then(clientv3.OpPut(a, "X"), clientv3.OpPut(b, "X")).Else(clientv3.OpGet(a), clientv3.OpGet(b)).Commit()
+	if err != nil || tr.Succeeded {
+		t.Fatalf("second txn: %+v %v", tr, err)
+	}
+	if got := string(tr.Responses[0].GetResponseRange().Kvs[0].Value) + string(tr.Responses[1].GetResponseRange().Kvs[0].Value); got != "12" {
+		t.Fatalf("else branch read %q, want 12", got)
+	}
+	// A read-only txn across every shard.
+	tr, err = cli.Txn(ctx).Then(clientv3.OpGet("", clientv3.WithFromKey())).Commit()
+	if err != nil || len(tr.Responses[0].GetResponseRange().Kvs) != 2 {
+		t.Fatalf("read-only txn across shards: %+v %v", tr, err)
+	}
+	// What cross-shard transactions do not do is refused, clearly.
+	l, _ := cli.Grant(ctx, 10)
+	if _, err := cli.Txn(ctx).Then(clientv3.OpPut(a, "1", clientv3.WithLease(l.ID)), clientv3.OpPut(b, "2")).Commit(); err == nil {
+		t.Fatal("a cross-shard txn with a lease was accepted")
+	}
+}
+
+// TestBank moves money between accounts spread over four shards while
+// readers sum every account in one cross-shard read and leaders move: every
+// read sees the same total, and at the end each account holds exactly its
+// opening balance plus the transfers that happened — every acknowledged
+// transfer among them, once (each transfer writes a marker in the same
+// transaction), none half-applied.
+func TestBank(t *testing.T) { bank(t, false) }
+
+// TestBankCheckBites: without read locks, a full read's parts are read at
+// different moments, and the bank's total check catches a torn read.
+func TestBankCheckBites(t *testing.T) {
+	if torn := bank(t, true); torn == 0 {
+		t.Fatal("full reads without read locks never saw a wrong total")
+	}
+}
+
+// bank runs the bank test; with broken it returns how many full reads saw
+// a wrong total instead of failing on them.
+func bank(t *testing.T, broken bool) (torn int64) {
+	c := shardtest.NewWith(t, 3, 4, func(cfg *shard.Config) { cfg.Unsafe.NoTxnReadLocks = broken })
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const accounts, opening = 8, 100
+	acct := func(i int) string { return keyIn(i%4+1, 4, fmt.Sprintf("acct%d", i)) }
+	cli := c.Client()
+	for i := 0; i < accounts; i++ {
+		if _, err := cli.Put(ctx, acct(i), strconv.Itoa(opening)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		wg        sync.WaitGroup
+		stop      = make(chan struct{})
+		acked     sync.Map // transfer id → "from,to,amount"
+		transfers atomic.Int64
+		reads     atomic.Int64
+		wrong     atomic.Int64
+	)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := c.Client(c.Names()[w%3])
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				from, to := rng.IntN(accounts), rng.IntN(accounts-1)
+				if to >= from {
+					to++
+				}
+				amount := 1 + rng.IntN(5)
+				ra, err1 := cl.Get(ctx, acct(from))
+				rb, err2 := cl.Get(ctx, acct(to))
+				if err1 != nil || err2 != nil {
+					t.Errorf("reading balances: %v %v", err1, err2)
+					return
+				}
+				va, _ := strconv.Atoi(string(ra.Kvs[0].Value))
+				vb, _ := strconv.Atoi(string(rb.Kvs[0].Value))
+				id := fmt.Sprintf("%d.%d", w, n)
+				marker := keyIn((w+n)%4+1, 4, "xfer/"+id)
+				desc := fmt.Sprintf("%d,%d,%d", from, to, amount)
+				tr, err := cl.Txn(ctx).If(
+					clientv3.Compare(clientv3.ModRevision(acct(from)), "=", ra.Kvs[0].ModRevision),
+					clientv3.Compare(clientv3.ModRevision(acct(to)), "=", rb.Kvs[0].ModRevision),
+				).Then(
+					clientv3.OpPut(acct(from), strconv.Itoa(va-amount)),
+					clientv3.OpPut(acct(to), strconv.Itoa(vb+amount)),
+					clientv3.OpPut(marker, desc),
+				).Commit()
+				if err != nil {
+					t.Logf("transfer %s: %v (outcome checked through its marker)", id, err)
+					continue
+				}
+				if tr.Succeeded {
+					acked.Store(id, desc)
+					transfers.Add(1)
+				}
+			}
+		}()
+	}
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := c.Client(c.Names()[(r+1)%3])
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ops := make([]clientv3.Op, accounts)
+				for i := range ops {
+					ops[i] = clientv3.OpGet(acct(i))
+				}
+				tr, err := cl.Txn(ctx).Then(ops...).Commit()
+				if err != nil {
+					t.Logf("full read: %v", err)
+					continue
+				}
+				sum := 0
+				for _, resp := range tr.Responses {
+					v, _ := strconv.Atoi(string(resp.GetResponseRange().Kvs[0].Value))
+					sum += v
+				}
+				if sum != accounts*opening {
+					wrong.Add(1)
+					if !broken {
+						t.Errorf("a full read saw a total of %d, want %d", sum, accounts*opening)
+						return
+					}
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	// Move leadership of every shard around while the money moves.
+	deadline := time.Now().Add(60 * time.Second)
+	target := int64(150)
+	if broken {
+		target = 60
+	}
+	for transfers.Load() < target && time.Now().Before(deadline) && !t.Failed() && !(broken && wrong.Load() > 0) {
+		h := c.Host(c.Names()[rand.IntN(3)])
+		s := uint64(1 + rand.IntN(4))
+		if srv := h.Server(s); srv != nil && srv.Node().Leader() == srv.Node().ID() {
+			for _, v := range srv.Node().Status().ConfState.Voters {
+				if v != srv.Node().ID() {
+					tctx, tcancel := context.WithTimeout(ctx, 2*time.Second)
+					_ = srv.Node().TransferLeadership(tctx, v)
+					tcancel()
+					break
+				}
+			}
+		}
+		if err := sleepFor(ctx, 100*time.Millisecond); err != nil {
+			break
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if broken || t.Failed() {
+		return wrong.Load()
+	}
+	if transfers.Load() < 20 || reads.Load() < 5 {
+		t.Fatalf("too little happened: %d transfers, %d full reads", transfers.Load(), reads.Load())
+	}
+	// Exactly the transfers whose markers exist happened, each once.
+	want := make([]int, accounts)
+	for i := range want {
+		want[i] = opening
+	}
+	markers := map[string]string{}
+	for s := 1; s <= 4; s++ {
+		r, err := cli.Get(ctx, keyIn(s, 4, "xfer/"), clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range r.Kvs {
+			markers[strings.TrimPrefix(string(kv.Key)[1:], "xfer/")] = string(kv.Value)
+		}
+	}
+	acked.Range(func(k, v any) bool {
+		if markers[k.(string)] != v.(string) {
+			t.Errorf("acknowledged transfer %s has no marker", k)
+		}
+		return true
+	})
+	for _, desc := range markers {
+		var from, to, amount int
+		fmt.Sscanf(desc, "%d,%d,%d", &from, &to, &amount)
+		want[from] -= amount
+		want[to] += amount
+	}
+	for i := 0; i < accounts; i++ {
+		r, err := cli.Get(ctx, acct(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := strconv.Atoi(string(r.Kvs[0].Value)); got != want[i] {
+			t.Errorf("account %d holds %d, want %d from the %d transfers that happened", i, got, want[i], len(markers))
+		}
+	}
+	t.Logf("%d transfers acknowledged, %d happened, %d consistent full reads", transfers.Load(), len(markers), reads.Load())
+	return 0
+}
+
+func sleepFor(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// TestTxnCrashAtEveryStep stops a transaction's coordinator after each
+// step of the protocol, as if it crashed there, and checks that readers
+// on other hosts never block for good and always see all of it or none of
+// it: before the decision, nothing (the record is aborted once past its
+// deadline); after it, everything. Then every lock and record is gone.
+func TestTxnCrashAtEveryStep(t *testing.T) {
+	old := shard.TxnTimeout
+	shard.TxnTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { shard.TxnTimeout = old })
+	var failAt atomic.Value // the step to stop at, once
+	failAt.Store("")
+	c := shardtest.NewWith(t, 3, 4, func(cfg *shard.Config) {
+		cfg.MapRefresh = 100 * time.Millisecond
+		cfg.TxnFailpoint = func(step string) bool {
+			if failAt.Load().(string) == step {
+				failAt.Store("")
+				return true
+			}
+			return false
+		}
+	})
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i, step := range []string{"after-begin", "after-prepare", "after-decide", "after-resolve"} {
+		a, b := keyIn(1, 4, fmt.Sprintf("crash%d", i)), keyIn(3, 4, fmt.Sprintf("crash%d", i))
+		if _, err := c.Client("h2").Txn(ctx).Then(clientv3.OpPut(a, "old"), clientv3.OpPut(b, "old")).Commit(); err != nil {
+			t.Fatal(err)
+		}
+		failAt.Store(step)
+		_, err := c.Client("h1").Txn(ctx).Then(clientv3.OpPut(a, "new"), clientv3.OpPut(b, "new")).Commit()
+		if err == nil {
+			t.Fatalf("%s: the failpoint did not stop the coordinator", step)
+		}
+		// Readers on another host: both old or both new, never stuck.
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		ra, err1 := c.Client("h2").Get(rctx, a)
+		rb, err2 := c.Client("h3").Get(rctx, b)
+		rcancel()
+		if err1 != nil || err2 != nil {
+			t.Fatalf("%s: readers blocked or failed: %v %v", step, err1, err2)
+		}
+		va, vb := string(ra.Kvs[0].Value), string(rb.Kvs[0].Value)
+		want := "old"
+		if step == "after-decide" || step == "after-resolve" {
+			want = "new"
+		}
+		if va != want || vb != want {
+			t.Fatalf("%s: read %s and %s, want both %s", step, va, vb, want)
+		}
+	}
+	waitFor(t, 20*time.Second, "every lock and record to be gone", func() bool {
+		for _, n := range c.Names() {
+			for s := uint64(1); s <= 4; s++ {
+				if srv := c.Host(n).Server(s); srv != nil && srv.HasTxnState() {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// TestWriteSkew: two transactions that each read what the other writes
+// cannot both commit (serializable, not snapshot isolation).
+func TestWriteSkew(t *testing.T) {
+	if n := writeSkews(t, false, 20); n != 0 {
+		t.Fatalf("write skew in %d of 20 rounds", n)
+	}
+}
+
+// TestWriteSkewCheckBites: without read locks the same rounds do show
+// write skew.
+func TestWriteSkewCheckBites(t *testing.T) {
+	if n := writeSkews(t, true, 40); n == 0 {
+		t.Fatal("40 rounds without read locks showed no write skew")
+	}
+}
+
+// writeSkews runs rounds of the two transactions and counts the rounds in
+// which both committed.
+func writeSkews(t *testing.T, broken bool, rounds int) int {
+	c := shardtest.NewWith(t, 3, 4, func(cfg *shard.Config) { cfg.Unsafe.NoTxnReadLocks = broken })
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	x, y := keyIn(1, 4, "x"), keyIn(4, 4, "y")
+	both := 0
+	for round := 0; round < rounds; round++ {
+		if _, err := c.Client().Txn(ctx).Then(clientv3.OpPut(x, "0"), clientv3.OpPut(y, "0")).Commit(); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var ok [2]bool
+		for i, kv := range [][2]string{{x, y}, {y, x}} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tr, err := c.Client(c.Names()[i]).Txn(ctx).If(clientv3.Compare(clientv3.Value(kv[0]), "=", "0")).
+					Then(clientv3.OpPut(kv[1], "1")).Commit()
+				if err != nil {
+					t.Errorf("txn: %v", err)
+					return
+				}
+				ok[i] = tr.Succeeded
+			}()
+		}
+		wg.Wait()
+		rx, _ := c.Client().Get(ctx, x)
+		ry, _ := c.Client().Get(ctx, y)
+		skew := string(rx.Kvs[0].Value) == "1" && string(ry.Kvs[0].Value) == "1"
+		if skew != (ok[0] && ok[1]) {
+			t.Fatalf("round %d: the answers (%v) disagree with the state (x=%s y=%s)", round, ok, rx.Kvs[0].Value, ry.Kvs[0].Value)
+		}
+		if skew {
+			both++
+		}
+	}
+	return both
+}
