@@ -344,7 +344,14 @@ func (h *Host) txnAttempt(ctx context.Context, req *pb.TxnRequest, ts int64) (_ 
 		return nil, false, errCoordinatorDied
 	}
 	if len(writes) == len(plan.parts) {
-		_, _ = h.txnCall(ctx, anchorShard, 'X', server.TxnCall{Record: rec})
+		// Forgetting the record is housekeeping: not on the client's time.
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, _ = h.txnCall(fctx, anchorShard, 'X', server.TxnCall{Record: rec})
+		}()
 	}
 	return assemble(req, plan, succeeded, results, writes), false, nil
 }

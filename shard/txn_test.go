@@ -308,6 +308,37 @@ func TestTxnCrashAtEveryStep(t *testing.T) {
 			t.Fatalf("%s: read %s and %s, want both %s", step, va, vb, want)
 		}
 	}
+	// A participant's leader dies holding the transaction's locks: its
+	// group's new leader has them (they are replicated), and readers
+	// still finish the transaction.
+	a, b := keyIn(1, 4, "crashp"), keyIn(3, 4, "crashp")
+	failAt.Store("after-prepare")
+	if _, err := c.Client("h1").Txn(ctx).Then(clientv3.OpPut(a, "new"), clientv3.OpPut(b, "new")).Commit(); err == nil {
+		t.Fatal("the failpoint did not stop the coordinator")
+	}
+	var victim string
+	lead := uint64(c.Host("h1").Server(3).Node().Leader())
+	for _, n := range c.Names() {
+		if c.Host(n).MemberID() == lead {
+			victim = n
+		}
+	}
+	c.Stop(victim)
+	var reader string
+	for _, n := range c.Names() {
+		if n != victim {
+			reader = n
+		}
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
+	rb, err := c.Client(reader).Get(rctx, b)
+	ra, err2 := c.Client(reader).Get(rctx, a)
+	rcancel()
+	if err != nil || err2 != nil || len(rb.Kvs) != 0 || len(ra.Kvs) != 0 {
+		t.Fatalf("after a participant's leader died: %v %v %v %v (want neither key written)", rb, err, ra, err2)
+	}
+	c.Restart(victim)
+	c.WaitLeaders(20 * time.Second)
 	waitFor(t, 20*time.Second, "every lock and record to be gone", func() bool {
 		for _, n := range c.Names() {
 			for s := uint64(1); s <= 4; s++ {
