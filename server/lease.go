@@ -93,6 +93,12 @@ func (l *lessor) check() {
 	var expired []int64
 	for _, id := range ids {
 		live[id] = true
+		if sc := l.s.cfg.Shard; sc != nil && uint64(id)>>48 != sc.ID {
+			// A copy of a lease homed in another shard (split from it):
+			// only the home decides when it expires; its host revokes the
+			// copy after (shard/ sweeps them), so a copy never dies first.
+			continue
+		}
 		ttl, _, err := l.s.store.LeaseTimeToLive(id, false)
 		if err != nil {
 			continue

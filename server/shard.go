@@ -25,6 +25,10 @@ type ShardConfig struct {
 	// split: the host starts its member of the new shard from the state
 	// given. It must not block.
 	OnSplit func(SplitState)
+	// OnLeaseRevoked is told, on the apply goroutine, of every lease this
+	// shard revoked (expired or asked): the host revokes the copies in the
+	// shards split from it. It must not block.
+	OnLeaseRevoked func(id int64)
 }
 
 // ErrGRPCWrongShard refuses a request for keys this shard does not keep.

@@ -45,6 +45,9 @@ func (s *Server) applyHook(r *pb.InternalRaftRequest) (proto.Message, error, boo
 			s.less.renewed(c.ID)
 		}
 		return nil, nil, false // the store records the checkpoint too
+	case r.LeaseRevoke != nil && s.cfg.Shard != nil && s.cfg.Shard.OnLeaseRevoked != nil:
+		s.cfg.Shard.OnLeaseRevoked(r.LeaseRevoke.ID)
+		return nil, nil, false // the store revokes it
 	case r.ClusterMemberAttrSet != nil:
 		return s.applyMemberAttrs(r.ClusterMemberAttrSet)
 	case r.Alarm != nil:

@@ -99,12 +99,13 @@ type Config struct {
 // Host is one process keeping many groups: the meta group and a member of
 // each shard. It serves the etcd v3 API through its router.
 type Host struct {
-	cfg  Config
-	log  *slog.Logger
-	mux  *transport.Mux
-	grpc *grpc.Server
-	live *liveness
-	fs   vfs.FS // nil: the default
+	cfg     Config
+	log     *slog.Logger
+	mux     *transport.Mux
+	grpc    *grpc.Server
+	live    *liveness
+	initial Map    // the map the cluster started with
+	fs      vfs.FS // nil: the default
 
 	mu sync.Mutex
 	m  Map
@@ -198,7 +199,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 			lv.tr.AddPeer(id, addr)
 		}
 	}
-	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial, live: lv,
+	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial, initial: initial, live: lv,
 		gs: map[uint64]*group{}, remotes: map[string]*grpc.ClientConn{}, stopc: make(chan struct{}), failc: make(chan struct{})}
 	if !cfg.SyncPerGroup {
 		h.fs = vfs.NewSharedSync()
@@ -296,7 +297,51 @@ func (h *Host) ensureGroup(ctx context.Context, s *Shard) error {
 	h.startMu.Lock()
 	defer h.startMu.Unlock()
 	names, _ := os.ReadDir(h.groupDir(s.ID))
-	return h.startGroupLocked(ctx, s.ID, s, len(names) == 0)
+	join := len(names) == 0
+	if err := h.startGroupLocked(ctx, s.ID, s, join); err != nil {
+		return err
+	}
+	if join {
+		h.wg.Add(1)
+		go func() { defer h.wg.Done(); h.wakeLeader(*s) }()
+	}
+	return nil
+}
+
+// wakeLeader gets a joining member's group to notice it. A member that
+// starts empty knows no other member, so it cannot wake a group whose
+// leader sleeps (quiesce.go); a read through another host's member does,
+// and the awake leader then brings the newcomer up to date.
+func (h *Host) wakeLeader(s Shard) {
+	deadline := time.Now().Add(startTimeout)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for time.Now().Before(deadline) {
+		if g := h.group(s.ID); g == nil || g.srv.Node().Applied() > 0 {
+			return
+		}
+		for _, name := range s.Members {
+			if name == h.cfg.Name {
+				continue
+			}
+			c, err := h.hostConn(context.Background(), name)
+			if err != nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			key := s.Start
+			if len(key) == 0 {
+				key = []byte{0}
+			}
+			_, _ = pb.NewKVClient(groupConn{c, strconv.FormatUint(s.ID, 10)}).Range(ctx, &pb.RangeRequest{Key: key, CountOnly: true})
+			cancel()
+		}
+		select {
+		case <-h.stopc:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // REQUIRES: h.startMu held.
@@ -308,6 +353,15 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 	}
 	if h.group(id) != nil {
 		return nil
+	}
+	// Only the meta group and the initial shards may start a new group
+	// from their initial members; any other shard's member starts from a
+	// split's seed or from what its group's leader sends, never afresh:
+	// Join is ignored when the directory holds a seed, and keeps a member
+	// whose seed was cut short by a crash from bootstrapping a new, empty
+	// group of its own.
+	if _, initial := h.initial.ByID(id); id != MetaGroup && !initial {
+		join = true
 	}
 	dir := h.groupDir(id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -321,7 +375,9 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 	}
 	var sc *server.ShardConfig
 	if s != nil {
-		sc = &server.ShardConfig{ID: s.ID, Start: s.Start, End: s.End, OnSplit: h.onSplit}
+		sid := s.ID
+		sc = &server.ShardConfig{ID: s.ID, Start: s.Start, End: s.End, OnSplit: h.onSplit,
+			OnLeaseRevoked: func(lease int64) { h.leaseRevoked(sid, lease) }}
 	}
 	cid := h.groupClusterID(id)
 	lis := bufconn.Listen(memBuffer)
@@ -465,16 +521,17 @@ func (h *Host) keepMap() {
 		if !stored {
 			stored = h.storeInitialMap(ctx) == nil
 		}
-		if stored {
-			if h.refreshMap(ctx) == nil {
-				h.reconcile(ctx)
-				h.balance(ctx)
-				h.autoSplit(ctx)
-				h.hintLeaders(ctx)
-				h.sweepTxns(ctx)
+		refreshed := stored && h.refreshMap(ctx) == nil
+		cancel()
+		if refreshed {
+			// Each chore has its own deadline: one stuck behind a fault
+			// must not starve the others.
+			for _, chore := range []func(context.Context){h.reconcile, h.balance, h.autoSplit, h.hintLeaders, h.sweepTxns, h.sweepLeaseCopies} {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				chore(ctx)
+				cancel()
 			}
 		}
-		cancel()
 		select {
 		case <-h.stopc:
 			return
@@ -529,6 +586,85 @@ func (h *Host) refreshMap(ctx context.Context) error {
 	}
 	h.mu.Unlock()
 	return nil
+}
+
+// leaseRevoked: shard sid revoked a lease homed in it; this host, if it
+// leads sid, revokes the copies in the shards split from sid at once (the
+// sweep below catches what this misses).
+func (h *Host) leaseRevoked(sid uint64, lease int64) {
+	if uint64(lease)>>48 != sid {
+		return
+	}
+	g := h.group(sid)
+	if g == nil || uint64(g.srv.Node().Leader()) != h.MemberID() {
+		return
+	}
+	desc := h.Map().Descendants(sid)
+	if len(desc) == 0 {
+		return
+	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r := &router{h: h}
+		for _, d := range desc {
+			if c, err := r.conn(ctx, d); err == nil {
+				_, _ = pb.NewLeaseClient(c).LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: lease})
+			}
+		}
+	}()
+}
+
+// sweepLeaseCopies revokes, in the shards this host leads, the copies of
+// leases whose home (the shard named by the lease ID) no longer has them:
+// expired or revoked there (a revoke through the router reaches the copies
+// at once; this catches expiries and revokes that did not).
+func (h *Host) sweepLeaseCopies(ctx context.Context) {
+	self := consensus.NodeID(h.MemberID())
+	r := &router{h: h}
+	m := h.Map()
+	for _, g := range h.groups() {
+		if g.id == MetaGroup || g.srv.Node().Leader() != self {
+			continue
+		}
+		ls, err := pb.NewLeaseClient(g.conn).LeaseLeases(ctx, &pb.LeaseLeasesRequest{})
+		if err != nil {
+			continue
+		}
+		for _, l := range ls.Leases {
+			home := uint64(l.ID) >> 48
+			if home == g.id {
+				continue
+			}
+			if _, ok := m.ByID(home); !ok {
+				continue // a map this host has not caught up with yet
+			}
+			c, err := r.conn(ctx, home)
+			if err != nil {
+				continue
+			}
+			// A linearizable read first: the member answering must have
+			// applied everything committed (a lagging one might not know
+			// the lease yet), then it is asked for the lease.
+			hs, _ := m.ByID(home)
+			key := hs.Start
+			if len(key) == 0 {
+				key = []byte{0}
+			}
+			if _, err := pb.NewKVClient(c).Range(ctx, &pb.RangeRequest{Key: key, CountOnly: true}); err != nil {
+				continue
+			}
+			ttl, err := pb.NewLeaseClient(c).LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: l.ID})
+			if err != nil || ttl.TTL != -1 {
+				continue
+			}
+			if _, err := pb.NewLeaseClient(g.conn).LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: l.ID}); err == nil {
+				h.log.Info("revoked a lease copy its home no longer has", "shard", g.id, "lease", fmt.Sprintf("%x", l.ID))
+			}
+		}
+	}
 }
 
 // leaderHintPrefix + shard ID holds the name of the host whose member led

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -64,7 +66,12 @@ const hopHeader = "ballot-hop"
 // conn returns a connection that serves shard id: to this host's member of
 // it, or, when this host keeps none (the shard moved away, or its member
 // here is not started yet), to the router of a host that does.
-func (r *router) conn(ctx context.Context, id uint64) (*grpc.ClientConn, error) {
+//
+// A call to another host names the group (ballot-group metadata): that
+// host's router hands it to its own member as it is, whatever the method,
+// instead of routing it again — the parts of a request this router split
+// are not split twice, and operator calls (member changes) reach the group.
+func (r *router) conn(ctx context.Context, id uint64) (grpc.ClientConnInterface, error) {
 	g := r.h.group(id)
 	if g != nil && !g.drained.Load() {
 		return g.conn, nil
@@ -81,7 +88,7 @@ func (r *router) conn(ctx context.Context, id uint64) (*grpc.ClientConn, error) 
 			continue
 		}
 		if c, err := r.h.hostConn(ctx, name); err == nil {
-			return c, nil
+			return groupConn{c, strconv.FormatUint(id, 10)}, nil
 		}
 	}
 	if g != nil { // drained, but no other host answers: better than nothing
@@ -90,9 +97,24 @@ func (r *router) conn(ctx context.Context, id uint64) (*grpc.ClientConn, error) 
 	return nil, errNotHere
 }
 
+// groupConn is a connection to another host's router whose calls name the
+// group they are for.
+type groupConn struct {
+	cc    *grpc.ClientConn
+	group string
+}
+
+func (c groupConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return c.cc.Invoke(metadata.AppendToOutgoingContext(ctx, server.GroupHeader, c.group), method, args, reply, opts...)
+}
+
+func (c groupConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return c.cc.NewStream(metadata.AppendToOutgoingContext(ctx, server.GroupHeader, c.group), desc, method, opts...)
+}
+
 // waitConn is conn, waiting (about 3 s at most) for this host to start its
 // member of a shard the map says it keeps.
-func (r *router) waitConn(ctx context.Context, id uint64) (*grpc.ClientConn, error) {
+func (r *router) waitConn(ctx context.Context, id uint64) (grpc.ClientConnInterface, error) {
 	backoff := 5 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		c, err := r.conn(ctx, id)
@@ -549,15 +571,27 @@ func (l *leaseRouter) LeaseLeases(ctx context.Context, req *pb.LeaseLeasesReques
 	return out, nil
 }
 
-// LeaseKeepAlive relays each keep-alive to its lease's home shard, over one
-// stream per shard opened on first use, and the answers back.
+// LeaseKeepAlive relays each keep-alive to the lease's home shard, over one
+// stream per shard opened on first use. Only the home's lessor decides
+// when a lease expires; the copies in shards split from it never expire on
+// their own, and are revoked after the home's (sweepLeaseCopies), so no
+// copy — and none of its keys — can go before the home says so. (The
+// aggregation below waits for every shard a keep-alive went to; with the
+// home alone it answers as soon as the home does.)
 func (l *leaseRouter) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
+	type pending struct {
+		home  uint64
+		wait  map[uint64]bool // shards yet to answer
+		resp  *pb.LeaseKeepAliveResponse
+		least int64
+	}
 	var (
-		mu    sync.Mutex // serializes stream.Send
-		inner = map[uint64]pb.Lease_LeaseKeepAliveClient{}
-		errc  = make(chan error, 1)
+		mu      sync.Mutex // guards waiting and serializes stream.Send
+		waiting = map[int64][]*pending{}
+		inner   = map[uint64]pb.Lease_LeaseKeepAliveClient{}
+		errc    = make(chan error, 1)
 	)
 	fail := func(err error) {
 		select {
@@ -565,6 +599,47 @@ func (l *leaseRouter) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 		default:
 		}
 		cancel()
+	}
+	// answer takes shard sid's answer for a lease into the oldest keep-alive
+	// of that lease still waiting for sid, and answers the client when
+	// that one has all its answers.
+	answer := func(sid uint64, resp *pb.LeaseKeepAliveResponse) error {
+		mu.Lock()
+		defer mu.Unlock()
+		q := waiting[resp.ID]
+		for i, p := range q {
+			if !p.wait[sid] {
+				continue
+			}
+			delete(p.wait, sid)
+			if sid == p.home {
+				p.resp = resp
+			}
+			if resp.TTL > 0 && (p.least == 0 || resp.TTL < p.least) {
+				p.least = resp.TTL
+			}
+			if len(p.wait) > 0 || i != 0 {
+				return nil
+			}
+			// Answer, in order, every keep-alive of this lease now complete.
+			for len(q) > 0 && len(q[0].wait) == 0 {
+				out := q[0].resp
+				if out.TTL > 0 && q[0].least > 0 {
+					out.TTL = q[0].least
+				}
+				if err := stream.Send(out); err != nil {
+					return err
+				}
+				q = q[1:]
+			}
+			if len(q) == 0 {
+				delete(waiting, resp.ID)
+			} else {
+				waiting[resp.ID] = q
+			}
+			return nil
+		}
+		return nil // an answer for a keep-alive no longer waited for
 	}
 	reqs := make(chan *pb.LeaseKeepAliveRequest)
 	go func() {
@@ -588,7 +663,7 @@ func (l *leaseRouter) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 		case <-ctx.Done():
 			select {
 			case err := <-errc:
-				if errors.Is(err, context.Canceled) {
+				if errors.Is(err, context.Canceled) || errors.Is(err, io.EOF) {
 					return nil
 				}
 				return err
@@ -606,6 +681,14 @@ func (l *leaseRouter) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 			}
 			continue
 		}
+		ids = ids[:1] // the home alone: see above
+		p := &pending{home: ids[0], wait: map[uint64]bool{}}
+		for _, sid := range ids {
+			p.wait[sid] = true
+		}
+		mu.Lock()
+		waiting[req.ID] = append(waiting[req.ID], p)
+		mu.Unlock()
 		for _, sid := range ids {
 			in := inner[sid]
 			if in == nil {
@@ -624,15 +707,7 @@ func (l *leaseRouter) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 							fail(err)
 							return
 						}
-						// Only the home's answer goes back: the copies
-						// in shards split from it are kept alive quietly.
-						if home, err := leaseHome(l.r.h.Map(), resp.ID); err != nil || home.ID != sid {
-							continue
-						}
-						mu.Lock()
-						err = stream.Send(resp)
-						mu.Unlock()
-						if err != nil {
+						if err := answer(sid, resp); err != nil {
 							fail(err)
 							return
 						}

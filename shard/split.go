@@ -321,11 +321,34 @@ func (h *Host) onSplit(st server.SplitState) {
 func (h *Host) startChild(st server.SplitState) error {
 	h.startMu.Lock()
 	defer h.startMu.Unlock()
-	if h.group(st.Child) != nil {
-		return nil
-	}
 	dir := h.groupDir(st.Child)
-	if names, err := os.ReadDir(dir); err == nil && len(names) > 0 {
+	if g := h.group(st.Child); g != nil {
+		if g.srv.Node().Applied() > 0 {
+			return nil
+		}
+		// A member started empty to be sent the state (the map showed the
+		// child before this host applied the split) may wait for it
+		// forever if every host did the same: replace it with the seed —
+		// but only once it is stopped and shown to hold nothing, so that
+		// nothing it acknowledged is thrown away.
+		h.mu.Lock()
+		delete(h.gs, g.id)
+		h.mu.Unlock()
+		g.conn.Close()
+		g.srv.Stop()
+		if nst := g.srv.Node().Status(); nst.LastIndex > 0 || nst.Applied > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+			defer cancel()
+			sh := Shard{ID: st.Child, Start: st.Start, End: st.End}
+			for n := range st.Members {
+				sh.Members = append(sh.Members, n)
+			}
+			return h.startGroupLocked(ctx, st.Child, &sh, true) // it got the state meanwhile: keep it
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+	} else if names, err := os.ReadDir(dir); err == nil && len(names) > 0 {
 		return nil // seeded before a restart: startGroups starts it
 	}
 	book := map[consensus.NodeID]string{}

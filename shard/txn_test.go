@@ -54,7 +54,8 @@ func TestCrossShardTxn(t *testing.T) {
 }
 
 // TestBank moves money between accounts spread over four shards while
-// readers sum every account in one cross-shard read and leaders move: every
+// readers sum every account in one cross-shard read, leaders move and hosts
+// crash and come back: every
 // read sees the same total, and at the end each account holds exactly its
 // opening balance plus the transfers that happened — every acknowledged
 // transfer among them, once (each transfer writes a marker in the same
@@ -91,6 +92,7 @@ func bank(t *testing.T, broken bool) (torn int64) {
 		transfers atomic.Int64
 		reads     atomic.Int64
 		wrong     atomic.Int64
+		crashes   atomic.Int64
 	)
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -175,8 +177,10 @@ func bank(t *testing.T, broken bool) (torn int64) {
 			}
 		}()
 	}
-	// Move leadership of every shard around while the money moves.
+	// Move leadership of every shard around while the money moves, and
+	// now and then crash a host and bring it back.
 	deadline := time.Now().Add(60 * time.Second)
+	round := 0
 	target := int64(150)
 	if broken {
 		target = 60
@@ -196,6 +200,15 @@ func bank(t *testing.T, broken bool) (torn int64) {
 		}
 		if err := sleepFor(ctx, 100*time.Millisecond); err != nil {
 			break
+		}
+		if round++; round%20 == 0 && !broken {
+			victim := c.Names()[rand.IntN(3)]
+			c.Stop(victim)
+			if err := sleepFor(ctx, 300*time.Millisecond); err != nil {
+				break
+			}
+			c.Restart(victim)
+			crashes.Add(1)
 		}
 	}
 	close(stop)
@@ -242,7 +255,7 @@ func bank(t *testing.T, broken bool) (torn int64) {
 			t.Errorf("account %d holds %d, want %d from the %d transfers that happened", i, got, want[i], len(markers))
 		}
 	}
-	t.Logf("%d transfers acknowledged, %d happened, %d consistent full reads", transfers.Load(), len(markers), reads.Load())
+	t.Logf("%d transfers acknowledged, %d happened, %d consistent full reads, %d host crashes", transfers.Load(), len(markers), reads.Load(), crashes.Load())
 	return 0
 }
 
