@@ -91,6 +91,57 @@ func TestChaosProcesses(t *testing.T) {
 	}
 }
 
+// TestShardedChaos runs three real `ballot serve --shards 4` processes
+// under kill, pause and partition faults while the split nemesis splits
+// the shards that hold the workloads' keys, with every workload on, and
+// expects no violation and at least one split. (The deliberately broken
+// builds cannot run sharded: serve refuses the --unsafe-* flags there, so
+// the rounds that prove the checkers bite are single-group only; the
+// checkers themselves are the same.)
+func TestShardedChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos round skipped in -short mode")
+	}
+	d := max(soak(), 20*time.Second)
+	rep, err := Run(context.Background(), Options{Nodes: 3, Shards: 4, Duration: d,
+		Nemeses: []string{NemesisKill, NemesisPause, NemesisPartition, NemesisSplit},
+		Binary:  ballotBinary(t), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + rep.Summary())
+	if rep.HasViolations() {
+		t.Fatalf("violations:\n%s\nschedule:\n%s", strings.Join(rep.Violations, "\n"), strings.Join(rep.Schedule, "\n"))
+	}
+	if rep.Splits < 1 {
+		t.Fatalf("no split succeeded: %s", rep.Shards)
+	}
+	if rep.OK < 300 || rep.SetAcked < 50 || rep.WatchEvents < 50 || rep.Lease.Granted < 10 {
+		t.Fatalf("too little happened to prove anything: %d ok register ops, %d set adds, %d watch events, %d leases",
+			rep.OK, rep.SetAcked, rep.WatchEvents, rep.Lease.Granted)
+	}
+	if strings.HasPrefix(rep.Lock, "lock: 0 acquisitions") {
+		t.Fatalf("the lock workload never held its lock (leases homed in the wrong shard?): %s", rep.Lock)
+	}
+}
+
+// TestShardedRefusals: what a sharded run cannot do is refused before
+// anything starts, and the shard nemeses need a sharded cluster.
+func TestShardedRefusals(t *testing.T) {
+	for _, o := range []Options{
+		{Shards: 4, Containers: true, Binary: "ballot"},
+		{Shards: 300, Binary: "ballot"},
+		{Shards: 4, Unsafe: []string{"stale-reads"}, Binary: "ballot"},
+		{Nemeses: []string{NemesisSplit}, Binary: "ballot"},
+		{Nemeses: []string{NemesisMove}, Binary: "ballot"},
+	} {
+		o.Dir = t.TempDir()
+		if _, err := Run(context.Background(), o); err == nil {
+			t.Fatalf("%+v was not refused", o)
+		}
+	}
+}
+
 // TestChaosDiskAndClock runs a round under only the disk and clock
 // nemeses: a member whose file system fills refuses writes with etcd's
 // "database space exceeded", never crashes, and catches up once space

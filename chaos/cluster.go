@@ -13,11 +13,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ballotdb/ballot/server"
 )
+
+// chaosToken is the rig's --initial-cluster-token.
+const chaosToken = "chaos"
 
 // cluster is what the rig needs of a cluster under test.
 type cluster interface {
@@ -80,6 +86,12 @@ type procCluster struct {
 	peerAddr   []string
 	httpAddr   []string
 	proxies    [][]*proxy // proxies[from][to]; nil on the diagonal
+	// shards > 0: a sharded cluster (serve --shards). Its members are
+	// listed in --initial-cluster at their hostProxies' addresses, which
+	// tell senders apart by the transport's handshake (hostproxy.go); the
+	// per-link proxies are not used.
+	shards      int
+	hostProxies []*hostProxy
 
 	mu     sync.Mutex
 	procs  []*exec.Cmd
@@ -105,9 +117,10 @@ func freePort() (string, error) {
 
 // newProcCluster starts n members. With disks, each member's data
 // directory is on its own loop-mounted file system (for the disk nemesis).
-func newProcCluster(bin, dir string, n int, tick time.Duration, unsafe, extra []string, disks bool, logf func(string, ...any)) (*procCluster, error) {
-	c := &procCluster{bin: bin, dir: dir, n: n, tick: tick, unsafe: unsafe, extra: extra, logf: logf, joining: make([]bool, n), routes: takesPeerRoutes(bin),
-		procs: make([]*exec.Cmd, n), exited: make([]chan struct{}, n), paused: make([]bool, n), expectExit: make([]bool, n)}
+func newProcCluster(bin, dir string, n, shards int, tick time.Duration, unsafe, extra []string, disks bool, logf func(string, ...any)) (*procCluster, error) {
+	c := &procCluster{bin: bin, dir: dir, n: n, shards: shards, tick: tick, unsafe: unsafe, extra: extra, logf: logf, joining: make([]bool, n),
+		routes: shards == 0 && takesPeerRoutes(bin),
+		procs:  make([]*exec.Cmd, n), exited: make([]chan struct{}, n), paused: make([]bool, n), expectExit: make([]bool, n)}
 	for i := range n {
 		c.dataDir = append(c.dataDir, filepath.Join(dir, name(i)))
 		if disks {
@@ -129,8 +142,26 @@ func newProcCluster(bin, dir string, n int, tick time.Duration, unsafe, extra []
 			*list = append(*list, a)
 		}
 	}
+	if shards > 0 {
+		senders := map[uint64]int{}
+		for to := range n {
+			p, err := newHostProxy(c.peerAddr[to], to)
+			if err != nil {
+				c.close()
+				return nil, err
+			}
+			c.hostProxies = append(c.hostProxies, p)
+			senders[server.MemberIDFor(chaosToken, p.addr())] = to
+		}
+		for _, p := range c.hostProxies {
+			p.serve(senders)
+		}
+	}
 	c.proxies = make([][]*proxy, n)
 	for from := range n {
+		if shards > 0 {
+			break
+		}
 		c.proxies[from] = make([]*proxy, n)
 		for to := range n {
 			if from == to {
@@ -173,6 +204,12 @@ func (c *procCluster) start(i int) error {
 	var initial, routes []string
 	for j := range c.n {
 		addr := peerAddr[j]
+		if c.shards > 0 {
+			// Everyone, this host too, names each host by its proxy: IDs
+			// derive from these addresses and must agree everywhere.
+			initial = append(initial, name(j)+"="+c.hostProxies[j].addr())
+			continue
+		}
 		if j != i {
 			if c.routes {
 				routes = append(routes, name(j)+"="+c.proxies[i][j].addr())
@@ -184,10 +221,13 @@ func (c *procCluster) start(i int) error {
 	}
 	args := []string{"serve", "--name", name(i), "--data-dir", c.dataDir[i],
 		"--listen-client", c.clientAddr[i], "--listen-peer", peerAddr[i], "--listen-http", c.httpAddr[i],
-		"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", "chaos",
+		"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", chaosToken,
 		"--tick", c.tick.String(), "--snapshot-count", "2000"}
 	if len(routes) > 0 {
 		args = append(args, "--unsafe-peer-routes", strings.Join(routes, ","))
+	}
+	if c.shards > 0 {
+		args = append(args, "--shards", strconv.Itoa(c.shards))
 	}
 	args = append(args, c.extra...)
 	c.mu.Lock()
@@ -336,7 +376,13 @@ func (c *procCluster) pause(i int, on bool) {
 }
 
 // cut cuts (or heals) the direction from → to.
-func (c *procCluster) cut(from, to int, on bool) { c.proxies[from][to].setCut(on) }
+func (c *procCluster) cut(from, to int, on bool) {
+	if c.shards > 0 {
+		c.hostProxies[to].setCut(from, on)
+		return
+	}
+	c.proxies[from][to].setCut(on)
+}
 
 // healAll restarts dead members, resumes paused ones and heals every link.
 func (c *procCluster) healAll() error {
@@ -359,7 +405,13 @@ func (c *procCluster) healAll() error {
 }
 
 func (c *procCluster) waitHealthy(ctx context.Context) error {
-	return waitHealthy(ctx, c.httpAddr)
+	if err := waitHealthy(ctx, c.httpAddr); err != nil {
+		return err
+	}
+	if c.shards > 0 {
+		return waitShardsLed(ctx, c.clientAddr)
+	}
+	return nil
 }
 
 func (c *procCluster) leader() int { return leaderOf(c.httpAddr) }
@@ -449,8 +501,12 @@ func leaderOf(httpAddrs []string) int {
 
 func (c *procCluster) crashReports() []string {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.crashes...)
+	out := append([]string(nil), c.crashes...)
+	c.mu.Unlock()
+	for _, p := range c.hostProxies {
+		out = append(out, p.problems()...)
+	}
+	return out
 }
 
 // close stops every member (SIGTERM, then SIGKILL) and the proxies, and
@@ -475,6 +531,9 @@ func (c *procCluster) close() {
 		c.mu.Lock()
 		c.procs[i] = nil
 		c.mu.Unlock()
+	}
+	for _, p := range c.hostProxies {
+		p.close()
 	}
 	for _, row := range c.proxies {
 		for _, p := range row {

@@ -24,6 +24,17 @@
 // whose node.RateClock reads its rate from a file in the data directory).
 // A nemesis that cannot run here is skipped loudly (Report.Skipped).
 //
+// # Sharded clusters
+//
+// With Options.Shards every member runs `serve --shards N`. Partitions
+// then go through one proxy per host that names the sender from the peer
+// transport's handshake (hostproxy.go), since a sharded host takes no
+// --unsafe-peer-routes. The split and move nemeses reshape the shard map
+// through the shard service on their own schedule, beside the faults, and
+// the workloads keep to sharded semantics (see keyspace in sharded.go):
+// watches on a prefix no split cuts, leases homed in their keys' shard,
+// recipes' leases homed by shard.LeaseKeyHeader.
+//
 // # Workloads and checks
 //
 //   - register: clients pinned to members do reads, writes, compare-and-

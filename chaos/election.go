@@ -108,6 +108,13 @@ type electionTerm struct {
 }
 
 type electionWorkload struct {
+	// registerKey is the register (default electionRegisterKey); sharded
+	// runs keep it beside the election's keys, so the fenced write stays
+	// in one shard (see keyspace).
+	registerKey string
+	// sharded: candidates grant their leases in the shard of the
+	// election's prefix (shard.LeaseKeyHeader).
+	sharded bool
 	// unfenced, BROKEN ON PURPOSE, makes writes without the fence, for
 	// tests proving the checker catches a stale leader let through.
 	unfenced bool
@@ -125,10 +132,20 @@ type electionWorkload struct {
 	awaited   bool            // whether regained was measured (a run heals; in-process tests do not)
 }
 
+func (ew *electionWorkload) register() string {
+	if ew.registerKey != "" {
+		return ew.registerKey
+	}
+	return electionRegisterKey
+}
+
 // candidate campaigns, leads, writes and resigns (or turns zombie), again
 // and again until ctx ends.
 func (ew *electionWorkload) candidate(ctx context.Context, id int, cli *clientv3.Client, opTimeout time.Duration) {
 	el := election.New(cli, election.WithTTL(electionTTLSeconds))
+	if ew.sharded {
+		ctx = leaseHomedAt(ctx, election.Prefix+electionName+"/")
+	}
 	for n := 0; ctx.Err() == nil; n++ {
 		cctx, cancel := context.WithTimeout(ctx, 4*opTimeout)
 		invoked := time.Now()
@@ -202,7 +219,7 @@ func (ew *electionWorkload) write(ctx context.Context, cli *clientv3.Client, ter
 	if !ew.unfenced {
 		txn = txn.If(term.Fence())
 	}
-	resp, err := txn.Then(clientv3.OpPut(electionRegisterKey, w.value())).Commit()
+	resp, err := txn.Then(clientv3.OpPut(ew.register(), w.value())).Commit()
 	ew.mu.Lock()
 	defer ew.mu.Unlock()
 	switch {
@@ -277,7 +294,7 @@ func (ew *electionWorkload) awaitRegained(ctx context.Context, healed time.Time)
 // readHistory reads every committed version of the register with a watch
 // from revision 1 (chaos runs never compact), up to the current one.
 func (ew *electionWorkload) readHistory(ctx context.Context, cli *clientv3.Client) error {
-	r, err := cli.Get(ctx, electionRegisterKey)
+	r, err := cli.Get(ctx, ew.register())
 	if err != nil {
 		return fmt.Errorf("reading the register: %w", err)
 	}
@@ -288,7 +305,7 @@ func (ew *electionWorkload) readHistory(ctx context.Context, cli *clientv3.Clien
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var hist []electionWrite
-	for wr := range cli.Watch(wctx, electionRegisterKey, clientv3.WithRev(1)) {
+	for wr := range cli.Watch(wctx, ew.register(), clientv3.WithRev(1)) {
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watching the register's history: %w", err)
 		}

@@ -90,6 +90,11 @@ type leaseWorkload struct {
 	rec      *recorder
 	base     int64 // lease IDs are base + holder<<20 + seq, unique to the run
 	election time.Duration
+	// home, in a sharded run, is the shard that keeps the lease keys now:
+	// a lease ID names its home shard in its top 16 bits, and a key may
+	// only be attached to a lease of its own shard (or of an ancestor the
+	// shard was split from). nil: one group.
+	home func() uint64
 
 	mu     sync.Mutex
 	leases []*leaseHistory
@@ -101,8 +106,12 @@ type leaseWorkload struct {
 	frozen bool
 }
 
-func newLeaseWorkload(rec *recorder, seed uint64, election time.Duration) *leaseWorkload {
-	return &leaseWorkload{rec: rec, base: int64(seed%(1<<20)+1) << 32, election: election,
+func newLeaseWorkload(rec *recorder, seed uint64, election time.Duration, home func() uint64) *leaseWorkload {
+	base := int64(seed%(1<<20)+1) << 32
+	if home != nil {
+		base = int64(seed%(1<<15)+1) << 32 // below bit 48, where the home shard goes
+	}
+	return &leaseWorkload{rec: rec, base: base, election: election, home: home,
 		byKey: map[string]*leaseHistory{}, byID: map[int64]*leaseHistory{}}
 }
 
@@ -124,6 +133,9 @@ func (w *leaseWorkload) holder(grantCtx, keepCtx context.Context, id, member int
 	var kept atomic.Int32 // kept leases still held
 	for seq := 1; grantCtx.Err() == nil; seq++ {
 		h := &leaseHistory{id: w.base + int64(id)<<20 + int64(seq), member: member, askTTL: 2 + rng.Int64N(4)}
+		if w.home != nil {
+			h.id |= int64(w.home()) << 48
+		}
 		h.key = fmt.Sprintf("%s%x", leaseKeyPrefix, h.id)
 		// Keep at most three at a time per holder: kept leases live to the
 		// end of the run, or until a fault makes them expire.

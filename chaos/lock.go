@@ -34,6 +34,14 @@ type lockWrite struct {
 }
 
 type lockWorkload struct {
+	// counterKey is the counter (default lockCounterKey); sharded runs
+	// keep it beside the lock's keys, so the fenced write stays in one
+	// shard (see keyspace).
+	counterKey string
+	// sharded: the holders grant their leases in the shard of the lock's
+	// prefix (shard.LeaseKeyHeader), since the recipe's keys live there.
+	sharded bool
+
 	mu       sync.Mutex
 	acquired int
 	acked    int
@@ -42,10 +50,20 @@ type lockWorkload struct {
 	writes   []lockWrite
 }
 
+func (lw *lockWorkload) counter() string {
+	if lw.counterKey != "" {
+		return lw.counterKey
+	}
+	return lockCounterKey
+}
+
 // holder takes the lock, increments the counter a few times, lets go, and
 // again, until ctx ends.
 func (lw *lockWorkload) holder(ctx context.Context, cli *clientv3.Client, opTimeout time.Duration) {
 	l := lock.New(cli, lock.WithTTL(2))
+	if lw.sharded {
+		ctx = leaseHomedAt(ctx, lock.Prefix+lockName+"/")
+	}
 	for ctx.Err() == nil {
 		actx, cancel := context.WithTimeout(ctx, 4*opTimeout)
 		h, err := l.Lock(actx, lockName)
@@ -69,7 +87,7 @@ func (lw *lockWorkload) holder(ctx context.Context, cli *clientv3.Client, opTime
 // increment reads the counter and writes it plus one through the fence. It
 // reports whether to go on holding.
 func (lw *lockWorkload) increment(ctx context.Context, cli *clientv3.Client, h *lock.Held) bool {
-	r, err := cli.Get(ctx, lockCounterKey)
+	r, err := cli.Get(ctx, lw.counter())
 	if err != nil {
 		return false
 	}
@@ -79,7 +97,7 @@ func (lw *lockWorkload) increment(ctx context.Context, cli *clientv3.Client, h *
 			return false
 		}
 	}
-	resp, err := h.Txn(ctx).Then(clientv3.OpPut(lockCounterKey, strconv.Itoa(n+1))).Commit()
+	resp, err := h.Txn(ctx).Then(clientv3.OpPut(lw.counter(), strconv.Itoa(n+1))).Commit()
 	lw.mu.Lock()
 	defer lw.mu.Unlock()
 	switch {
@@ -97,7 +115,7 @@ func (lw *lockWorkload) increment(ctx context.Context, cli *clientv3.Client, h *
 
 // check reads the counter and verifies the history against it.
 func (lw *lockWorkload) check(ctx context.Context, final *clientv3.Client) []string {
-	r, err := final.Get(ctx, lockCounterKey)
+	r, err := final.Get(ctx, lw.counter())
 	if err != nil {
 		return []string{"lock: reading the counter: " + err.Error()}
 	}

@@ -19,8 +19,10 @@ const (
 	NemesisClock     = "clock"     // run a member's clock 2–4× fast or slow (a chaosclock build)
 )
 
-// AllNemeses lists every nemesis the process rig knows.
-var AllNemeses = []string{NemesisKill, NemesisPause, NemesisPartition, NemesisDisk, NemesisClock, NemesisTransfer, NemesisMember}
+// AllNemeses lists every nemesis the process rig knows (split and move:
+// sharded runs only).
+var AllNemeses = []string{NemesisKill, NemesisPause, NemesisPartition, NemesisDisk, NemesisClock, NemesisTransfer, NemesisMember,
+	NemesisSplit, NemesisMove}
 
 // clockRates are the rates the clock nemesis picks from.
 var clockRates = []float64{2, 3, 4, 1.0 / 2, 1.0 / 3, 1.0 / 4}

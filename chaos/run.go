@@ -57,7 +57,13 @@ type Options struct {
 	Engine string
 	// CheckTimeout bounds the linearizability check; default 2 min.
 	CheckTimeout time.Duration
-	Logf         func(format string, args ...any)
+	// Shards > 0 runs a sharded cluster: every member is started with
+	// `serve --shards Shards`, the workloads keep to sharded mode's
+	// semantics (see keyspace), and the split and move nemeses may run.
+	// Processes only; the deliberately broken builds are single-group
+	// only (serve refuses the --unsafe-* flags in sharded mode).
+	Shards int
+	Logf   func(format string, args ...any)
 }
 
 // Workloads.
@@ -82,6 +88,8 @@ type Report struct {
 	SetAcked                   int
 	WatchEvents                int
 	Lease                      leaseStats
+	Shards                     string   // a sharded run's line: shards, splits and moves
+	Splits, Moves              int      // splits and moves that succeeded
 	Lock                       string   // the lock workload's summary line, if it ran
 	Election                   string   // the election workload's summary line, if it ran
 	Skipped                    []string // nemeses that could not run here, and why
@@ -109,6 +117,9 @@ func (r *Report) Summary() string {
 	l := r.Lease
 	fmt.Fprintf(&b, "lease: %d granted (%d kept to the end, %d abandoned or lost), %d grants unknown, %d keep-alives acknowledged; %d seen expired, %d kept leases lost under faults, latest expiry %v past its promise\n",
 		l.Granted, l.Kept, l.Abandoned, l.Unknown, l.KeepAlivesOK, l.Expired, l.LostUnderFaults, l.MaxLate.Round(time.Millisecond))
+	if r.Shards != "" {
+		fmt.Fprintln(&b, r.Shards)
+	}
 	if r.Lock != "" {
 		fmt.Fprintln(&b, r.Lock)
 	}
@@ -198,6 +209,24 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	has := func(w string) bool { return slices.Contains(o.Workloads, w) }
+	ks := singleKeyspace
+	if o.Shards > 0 {
+		switch {
+		case o.Shards > 256:
+			return nil, fmt.Errorf("chaos: --shards %d: serve starts at most 256", o.Shards)
+		case o.Containers:
+			return nil, errors.New("chaos: --shards runs on processes only (the container rig does not start sharded hosts yet)")
+		case len(o.Unsafe) > 0:
+			return nil, errors.New("chaos: --unsafe builds are single-group only (serve --shards refuses the --unsafe-* flags)")
+		}
+		ks = shardedKeyspace
+	} else {
+		for _, k := range o.Nemeses {
+			if k == NemesisSplit || k == NemesisMove {
+				return nil, fmt.Errorf("chaos: the %s nemesis needs a sharded cluster (--shards N)", k)
+			}
+		}
+	}
 	keepDir := o.Dir != ""
 	if o.Dir == "" {
 		d, err := os.MkdirTemp("", "ballot-chaos-")
@@ -227,14 +256,31 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	disks := false
 	for _, k := range o.Nemeses {
 		var why error
-		switch k {
-		case NemesisDisk:
+		if o.Shards > 0 {
+			switch k {
+			case NemesisDisk:
+				why = errors.New("not in sharded mode yet (a sharded host's behaviour on a full disk is not built out)")
+			case NemesisClock:
+				why = errors.New("not in sharded mode (serve --shards gives its groups no chaosclock hook)")
+			case NemesisMember:
+				why = errors.New("not in sharded mode (member add is refused by a sharded cluster)")
+			case NemesisTransfer:
+				why = errors.New("not in sharded mode (MoveLeader is per group and not answered by a sharded host)")
+			case NemesisMove:
+				if o.Nodes <= shardReplicas {
+					why = fmt.Errorf("needs more members than the %d replicas of a shard (--nodes %d)", shardReplicas, o.Nodes)
+				}
+			}
+		}
+		switch {
+		case why != nil:
+		case k == NemesisDisk:
 			if o.Containers {
 				why = errors.New("runs on processes only")
 			} else if why = diskSupport(o.Dir); why == nil {
 				disks = true
 			}
-		case NemesisClock:
+		case k == NemesisClock:
 			var bin string
 			if bin, why = clockBinary(o); why == nil {
 				o.Binary = bin
@@ -261,7 +307,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Containers {
 		c, err = newDockerCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, engineArgs(o.Engine), o.Logf)
 	} else {
-		c, err = newProcCluster(o.Binary, o.Dir, o.Nodes, o.Tick, o.Unsafe, engineArgs(o.Engine), disks, o.Logf)
+		c, err = newProcCluster(o.Binary, o.Dir, o.Nodes, o.Shards, o.Tick, o.Unsafe, engineArgs(o.Engine), disks, o.Logf)
 	}
 	if err != nil {
 		return nil, err
@@ -276,7 +322,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	election := 10 * o.Tick
 
 	rec := &recorder{start: time.Now()}
-	set := &setWorkload{rec: rec}
+	set := &setWorkload{rec: rec, prefix: ks.set}
 	runCtx, stop := context.WithTimeout(ctx, o.Duration)
 	defer stop()
 	var wg sync.WaitGroup
@@ -300,7 +346,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			registerClient(runCtx, i, cli, crng, o.Keys, 5*time.Second, opTimeout, rec)
+			registerClient(runCtx, i, cli, crng, ks.reg, o.Keys, regWindow, opTimeout, rec)
 		}()
 	}
 	var watchers []*watchRecorder
@@ -313,12 +359,33 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	leaseCtx, leaseStop := context.WithCancel(ctx)
 	defer leaseStop()
 	var lwg sync.WaitGroup
+	// A sharded run keeps a copy of the shard map for the lease holders,
+	// which home each lease in the shard that holds the lease keys.
+	var maps *shardMapCache
+	if o.Shards > 0 {
+		maps = newShardMapCache(o.Shards, o.Nodes)
+		var mclis []*clientv3.Client
+		for i := range o.Nodes {
+			cli, err := newClient([]string{c.client(i)})
+			if err != nil {
+				return nil, err
+			}
+			clients = append(clients, cli)
+			mclis = append(mclis, cli)
+		}
+		wwg.Add(1)
+		go func() { defer wwg.Done(); maps.refresh(wctx, mclis, 300*time.Millisecond) }()
+	}
 	if has(WorkloadLease) {
-		lw = newLeaseWorkload(rec, o.Seed, election)
+		var home func() uint64
+		if maps != nil {
+			home = func() uint64 { return maps.lookup(ks.lease) }
+		}
+		lw = newLeaseWorkload(rec, o.Seed, election, home)
 	}
 	var lockW *lockWorkload
 	if has(WorkloadLock) {
-		lockW = &lockWorkload{}
+		lockW = &lockWorkload{counterKey: ks.lockCounter, sharded: o.Shards > 0}
 	}
 	// Candidates campaign past the run, until leadership has been seen to
 	// return after the heal (electionCtx).
@@ -327,7 +394,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer electionStop()
 	var ewg sync.WaitGroup
 	if has(WorkloadElection) {
-		electionW = &electionWorkload{}
+		electionW = &electionWorkload{registerKey: ks.electionReg, sharded: o.Shards > 0}
 	}
 	for i := range o.Nodes {
 		cli, err := newClient([]string{c.client(i)})
@@ -336,7 +403,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		clients = append(clients, cli)
 		if has(WorkloadWatch) {
-			w := &watchRecorder{member: i}
+			w := &watchRecorder{member: i, prefix: ks.watch}
 			watchers = append(watchers, w)
 			wwg.Add(1)
 			go func() { defer wwg.Done(); w.run(wctx, cli) }()
@@ -381,11 +448,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			go func() { defer wwg.Done(); lw.watch(wctx, cli) }()
 		}
 	}
-	var faults, changes []string
+	var faults, changes, reshapes []string
 	for _, k := range nemeses {
-		if k == NemesisTransfer || k == NemesisMember {
+		switch k {
+		case NemesisTransfer, NemesisMember:
 			changes = append(changes, k)
-		} else {
+		case NemesisSplit, NemesisMove:
+			reshapes = append(reshapes, k)
+		default:
 			faults = append(faults, k)
 		}
 	}
@@ -402,8 +472,23 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); cm.runChanges(runCtx, ctx, rec.start, election, changes) }()
 	}
+	// Splits and moves, in a sharded run, on a schedule of their own too.
+	var sn *shardNemesis
+	if len(reshapes) > 0 {
+		sn, err = newShardNemesis(&nemesis{c: c, kinds: reshapes, rng: rand.New(rand.NewPCG(o.Seed, 0x5a4d)), logf: o.Logf,
+			counts: map[string]int{}, locks: locks}, c, maps, ks, regWindow)
+		if err != nil {
+			return nil, err
+		}
+		defer sn.close()
+		wg.Add(1)
+		go func() { defer wg.Done(); sn.run(runCtx, rec.start, election) }()
+	}
 	wg.Wait()
 	nm.absorb(cm)
+	if sn != nil {
+		nm.absorb(sn.nemesis)
+	}
 	if err := ctx.Err(); err != nil {
 		// Interrupted: the deferred close stops the members and unmounts
 		// their disks; no verdict on a run cut short.
@@ -477,7 +562,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		acked, lost, err := set.check(fctx, final)
 		var r *clientv3.GetResponse
 		if err == nil {
-			r, err = final.Get(fctx, "", clientv3.WithPrefix())
+			r, err = final.Get(fctx, ks.watch, clientv3.WithPrefix())
 		}
 		fcancel()
 		if err != nil {
@@ -496,6 +581,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			finalState[string(kv.Key)] = string(kv.Value)
 		}
 		finalRev = r.Header.Revision
+		if o.Shards > 0 {
+			// The watched prefix is part of a shard whose revision other
+			// keys advance too; it holds puts only (see keyspace), so its
+			// newest key is the last event a watcher must reach.
+			finalRev = 0
+			for _, kv := range r.Kvs {
+				finalRev = max(finalRev, kv.ModRevision)
+			}
+		}
 		break
 	}
 	// Let the watchers reach the final revision, then stop them.
@@ -534,6 +628,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		rep.Violations = append(rep.Violations, checkWatches(watchers, finalState, finalRev)...)
 	}
 	rep.Violations = append(rep.Violations, nm.violationsFound()...)
+	if o.Shards > 0 {
+		end := 0
+		lctx, lcancel := context.WithTimeout(hctx, 5*time.Second)
+		if l, err := listShards(lctx, final); err == nil {
+			end = len(l.Shards)
+		}
+		lcancel()
+		rep.Shards = shardSummary(o.Shards, sn, end)
+		if sn != nil {
+			rep.Splits, rep.Moves = sn.splits, sn.moves
+			rep.Violations = append(rep.Violations, sn.verdict()...)
+		}
+	}
 	rep.Violations = append(rep.Violations, c.crashReports()...)
 
 	rec.mu.Lock()
@@ -607,6 +714,9 @@ func hasChaosClock(bin string) bool {
 	}
 	return false
 }
+
+// regWindow is how long the register workload uses one set of keys.
+const regWindow = 5 * time.Second
 
 // ErrViolation is returned by callers that turn a failed report into an
 // error.

@@ -57,13 +57,13 @@ func (r *recorder) add(op porcupine.Operation) {
 // registerClient runs random operations on a small, rotating set of keys:
 // each window of the run uses fresh keys, bounding every key's history so
 // the checker stays fast.
-func registerClient(ctx context.Context, id int, cli *clientv3.Client, rng *rand.Rand, keys int, window time.Duration,
+func registerClient(ctx context.Context, id int, cli *clientv3.Client, rng *rand.Rand, prefix string, keys int, window time.Duration,
 	opTimeout time.Duration, rec *recorder) {
 	seq := 0
 	for ctx.Err() == nil {
 		seq++
 		gen := int(time.Since(rec.start) / window)
-		key := fmt.Sprintf("reg/%d/%d", gen, rng.IntN(keys))
+		key := fmt.Sprintf("%s%d/%d", prefix, gen, rng.IntN(keys))
 		val := fmt.Sprintf("c%d-%d", id, seq)
 		in := regInput{key: key, value: val}
 		switch p := rng.IntN(100); {
@@ -136,15 +136,16 @@ func doOp(ctx context.Context, cli *clientv3.Client, id int, in regInput, timeou
 // setWorkload adds unique keys; every acknowledged add must be present once
 // all faults heal.
 type setWorkload struct {
-	rec   *recorder
-	mu    sync.Mutex
-	acked []string
-	n     atomic.Int64
+	rec    *recorder
+	prefix string // the keys' prefix (keyspace.set)
+	mu     sync.Mutex
+	acked  []string
+	n      atomic.Int64
 }
 
 func (s *setWorkload) run(ctx context.Context, id int, cli *clientv3.Client, opTimeout time.Duration) {
 	for ctx.Err() == nil {
-		k := fmt.Sprintf("set/%d-%d", id, s.n.Add(1))
+		k := fmt.Sprintf("%s%d-%d", s.prefix, id, s.n.Add(1))
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
 		_, err := cli.Put(octx, k, "x")
 		cancel()
@@ -159,7 +160,7 @@ func (s *setWorkload) run(ctx context.Context, id int, cli *clientv3.Client, opT
 
 // check reads every set key and reports acknowledged adds that are gone.
 func (s *setWorkload) check(ctx context.Context, cli *clientv3.Client) (int, []string, error) {
-	r, err := cli.Get(ctx, "set/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	r, err := cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return 0, nil, err
 	}
@@ -182,6 +183,7 @@ func (s *setWorkload) check(ctx context.Context, cli *clientv3.Client) (int, []s
 // and set prefixes, from revision 1, resuming after a broken stream.
 type watchRecorder struct {
 	member int
+	prefix string // what it watches ("": everything; keyspace.watch)
 	mu     sync.Mutex
 	events []*mvccpb.Event
 	errs   []string
@@ -191,7 +193,7 @@ func (w *watchRecorder) run(ctx context.Context, cli *clientv3.Client) {
 	next := int64(1)
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wr := range cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithPrevKV()) {
+		for wr := range cli.Watch(wctx, w.prefix, clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithPrevKV()) {
 			if err := wr.Err(); err != nil {
 				if wr.CompactRevision != 0 {
 					w.mu.Lock()

@@ -32,8 +32,14 @@ violation, keeping the evidence.
 
 The disk nemesis needs root and mkfs.ext4/mount/losetup; the clock nemesis a
 binary built with -tags chaosclock (built from the source tree when this one
-is not). A nemesis that cannot run is skipped with a loud message.`,
-		Example: "  ballot chaos --nodes 3 --time 60s --nemesis partition,kill,pause,disk,clock",
+is not). A nemesis that cannot run is skipped with a loud message.
+
+With --shards N every member runs 'serve --shards N' (processes only) and
+the split and move nemeses change the shard map under the clients; the
+nemeses sharded mode does not support yet (disk, clock, member, transfer)
+are skipped loudly.`,
+		Example: "  ballot chaos --nodes 3 --time 60s --nemesis partition,kill,pause,disk,clock\n" +
+			"  ballot chaos --nodes 5 --shards 4 --time 60s --nemesis partition,kill,pause,split,move",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if nemeses != "" && nemeses != "none" {
 				o.Nemeses = strings.Split(nemeses, ",")
@@ -62,6 +68,9 @@ is not). A nemesis that cannot run is skipped with a loud message.`,
 			where := "processes"
 			if o.Containers {
 				where = "containers"
+			}
+			if o.Shards > 0 {
+				where += fmt.Sprintf(", %d shards", o.Shards)
 			}
 			fmt.Printf("ballot chaos: %d members (%s, %s), %v, nemesis %s, seed %d\n", o.Nodes, where, o.Engine, o.Duration, nemeses, o.Seed)
 			rep, err := chaos.Run(ctx, o)
@@ -92,6 +101,7 @@ is not). A nemesis that cannot run is skipped with a loud message.`,
 	fl.BoolVarP(&verbose, "verbose", "v", false, "print the nemesis schedule as it happens")
 	fl.DurationVar(&o.CheckTimeout, "check-timeout", 2*time.Minute, "bound on the linearizability check (a check that runs out of time is a failure)")
 	fl.StringVar(&o.Engine, "engine", "raft", "the members' consensus engine: raft or paxos")
+	fl.IntVar(&o.Shards, "shards", 0, "run a sharded cluster: every member starts with 'serve --shards N' (processes only; enables the split and move nemeses)")
 	fl.BoolVar(&o.Containers, "containers", false, "run each member in its own container on a private Docker network (needs a static binary: CGO_ENABLED=0)")
 	return cmd
 }

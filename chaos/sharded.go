@@ -1,0 +1,403 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/ballotdb/ballot/shard"
+)
+
+// A sharded run (Options.Shards) starts every member with `serve --shards
+// N` and keeps every workload within what sharded mode promises
+// (docs/sharding.md): each workload's keys under one prefix, each watch on
+// a prefix that no split ever cuts, leases homed where their keys are. The
+// split and move nemeses then change the shard map under the clients.
+
+// Kinds of the shard nemeses (sharded runs only).
+const (
+	NemesisSplit = "split" // split the shard holding a workload's keys, through the shard service
+	NemesisMove  = "move"  // move a shard's member to a host that keeps none (more hosts than replicas)
+)
+
+// shardReplicas is how many hosts keep each shard (serve's default).
+const shardReplicas = 3
+
+// keyspace is where the workloads keep their keys.
+type keyspace struct {
+	reg, set, lease string // prefixes
+	watch           string // the watch workload's prefix ("": everything)
+	lockCounter     string
+	electionReg     string
+}
+
+// singleKeyspace is the one-group layout: the watchers see every key.
+var singleKeyspace = keyspace{reg: "reg/", set: "set/", lease: leaseKeyPrefix, watch: "",
+	lockCounter: lockCounterKey, electionReg: electionRegisterKey}
+
+// shardedKeyspace is the sharded layout. Initial shards are cut at first
+// bytes, so each prefix below starts in one shard; "0reg/" (0x30) and the
+// letters' prefixes are in different shards with --shards 3 or more.
+//
+//   - register keys are reg/<window>/<k>: splits at reg/<window>/ cut
+//     through them while clients use them (porcupine checks every key).
+//   - the watchers watch set/, whose keys (set/<client>-<n>) hold no
+//     further '/', so no split can cut the prefix (shard.SplitKey moves a
+//     split key back to its last '/'); a split at set/ moves it whole,
+//     which the router must carry the watches through. Set adds are puts
+//     only, so the final state's newest revision is the last event's.
+//   - lease/ likewise, and the lease watchers watch it.
+//   - the lock counter and the election register sit beside the recipes'
+//     keys (ballot/lock/…, ballot/election/…) under ballot/, which no split
+//     of the rig cuts, so each fenced write stays in one shard.
+var shardedKeyspace = keyspace{reg: "0reg/", set: "set/", lease: leaseKeyPrefix, watch: "set/",
+	lockCounter: "ballot/chaos-lock-counter", electionReg: "ballot/chaos-election-register"}
+
+// leaseHomedAt asks, through gRPC metadata, that leases granted with ctx
+// live in the shard holding key (shard.LeaseKeyHeader): the recipes grant
+// without naming a shard, which would home their leases in the first shard
+// while their keys are elsewhere.
+func leaseHomedAt(ctx context.Context, key string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, shard.LeaseKeyHeader, key)
+}
+
+// listShards asks one host for the shard map.
+func listShards(ctx context.Context, cli *clientv3.Client) (*shard.ListResponse, error) {
+	return shard.List(ctx, cli.ActiveConnection())
+}
+
+// waitShardsLed waits until every host (by client address) reports a
+// leader for every shard of its map.
+func waitShardsLed(ctx context.Context, clientAddrs []string) error {
+	var clis []*clientv3.Client
+	defer func() {
+		for _, c := range clis {
+			c.Close()
+		}
+	}()
+	for _, a := range clientAddrs {
+		c, err := newClient([]string{a})
+		if err != nil {
+			return err
+		}
+		clis = append(clis, c)
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	last := "no answer yet"
+	for {
+		ok := 0
+		for i, c := range clis {
+			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			l, err := listShards(lctx, c)
+			cancel()
+			if err != nil {
+				last = fmt.Sprintf("%s: %v", name(i), err)
+				continue
+			}
+			led := true
+			for _, s := range l.Shards {
+				if s.Leader == "" || s.Err != "" {
+					last = fmt.Sprintf("%s sees shard %d without a leader (%s)", name(i), s.ID, s.Err)
+					led = false
+					break
+				}
+			}
+			if led {
+				ok++
+			}
+		}
+		if ok == len(clis) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("shards not all led (%d of %d hosts see a leader in every shard; %s): %w", ok, len(clis), last, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// shardMapCache keeps the shard map as some host last told it, refreshed
+// in the background; the lease holders read it to home their leases.
+type shardMapCache struct {
+	mu sync.Mutex
+	m  shard.Map
+}
+
+func newShardMapCache(shards, nodes int) *shardMapCache {
+	var hosts []string
+	for i := range nodes {
+		hosts = append(hosts, name(i))
+	}
+	m, _ := shard.Initial(shards, hosts, shardReplicas)
+	return &shardMapCache{m: m}
+}
+
+func (c *shardMapCache) get() shard.Map {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m
+}
+
+// lookup returns the ID of the shard holding key.
+func (c *shardMapCache) lookup(key string) uint64 { return c.get().Lookup([]byte(key)).ID }
+
+func (c *shardMapCache) set(l *shard.ListResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l.Version < c.m.Version {
+		return
+	}
+	m := shard.Map{Version: l.Version}
+	for _, s := range l.Shards {
+		m.Shards = append(m.Shards, s.Shard)
+	}
+	if m.Validate() == nil {
+		c.m = m
+	}
+}
+
+// refresh re-reads the map every period from any of clis until ctx ends.
+func (c *shardMapCache) refresh(ctx context.Context, clis []*clientv3.Client, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		lctx, cancel := context.WithTimeout(ctx, period)
+		if l, err := listShards(lctx, clis[i%len(clis)]); err == nil {
+			c.set(l)
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// shardNemesis splits and moves shards on a schedule of its own, beside
+// the faults, so that splits meet kills, pauses and partitions. Refusals
+// while faults are under way are noted, never violations; but a run with
+// the nemesis on in which no split (or, where possible, no move) ever
+// succeeded is one: it would have proved nothing about splits.
+type shardNemesis struct {
+	*nemesis
+	clis  []*clientv3.Client // one per member
+	cache *shardMapCache
+	keys  keyspace
+	// window is the register workload's key window (its keys are fresh
+	// every window).
+	window time.Duration
+
+	splits, moves               int
+	splitRefused, movesRefused  int
+	pendingMove                 *shard.MoveRequest  // a move that failed: finished first next time
+	left                        map[uint64][]string // hosts each shard left (a group never re-admits one)
+	lastSplitErr, lastMoveError string
+}
+
+// splitKeys are the keys the split nemesis picks from: the register's
+// windows around the current one (cutting through keys in use and keys
+// about to be used), and the starts of the set and lease prefixes (moving
+// watched prefixes whole).
+func (sn *shardNemesis) splitKeys(elapsed time.Duration) []string {
+	gen := int(elapsed / sn.window)
+	var ks []string
+	for g := max(gen-1, 0); g <= gen+2; g++ {
+		ks = append(ks, fmt.Sprintf("%s%d/", sn.keys.reg, g))
+	}
+	return append(ks, sn.keys.reg, sn.keys.set, sn.keys.lease)
+}
+
+func (sn *shardNemesis) run(ctx context.Context, start time.Time, election time.Duration) {
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(election*2 + time.Duration(sn.rng.IntN(2000))*time.Millisecond):
+		}
+		kind := sn.kinds[sn.rng.IntN(len(sn.kinds))]
+		opCtx, cancel := context.WithTimeout(ctx, 20*election+5*time.Second)
+		switch kind {
+		case NemesisSplit:
+			sn.split(opCtx, start)
+		case NemesisMove:
+			sn.move(opCtx, start)
+		}
+		cancel()
+	}
+}
+
+// client picks a member to ask, one not known to be down.
+func (sn *shardNemesis) client() (int, *clientv3.Client) {
+	for range 2 * len(sn.clis) {
+		i := sn.rng.IntN(len(sn.clis))
+		if sn.c.running(i) {
+			return i, sn.clis[i]
+		}
+	}
+	i := sn.rng.IntN(len(sn.clis))
+	return i, sn.clis[i]
+}
+
+func (sn *shardNemesis) split(ctx context.Context, start time.Time) {
+	at := time.Since(start)
+	i, cli := sn.client()
+	l, err := listShards(ctx, cli)
+	if err != nil {
+		sn.splitRefused, sn.lastSplitErr = sn.splitRefused+1, err.Error()
+		sn.note(at, "split refused", fmt.Sprintf("listing shards through %s: %v", name(i), err))
+		return
+	}
+	sn.cache.set(l)
+	m := sn.cache.get()
+	// A key strictly inside its shard, so the split can go through.
+	var cands []string
+	for _, k := range sn.splitKeys(at) {
+		s := m.Lookup([]byte(k))
+		if bytes.Compare([]byte(k), s.Start) > 0 {
+			cands = append(cands, k)
+		}
+	}
+	if len(cands) == 0 {
+		return // every candidate is a shard's start already
+	}
+	key := cands[sn.rng.IntN(len(cands))]
+	s := m.Lookup([]byte(key))
+	after, err := shard.SplitShard(ctx, cli.ActiveConnection(), s.ID, []byte(key))
+	if err != nil {
+		sn.splitRefused++
+		sn.lastSplitErr = err.Error()
+		sn.note(at, "split refused", fmt.Sprintf("shard %d at %q through %s: %v", s.ID, key, name(i), err))
+		return
+	}
+	sn.splits++
+	sn.cache.set(after)
+	sn.note(at, NemesisSplit, fmt.Sprintf("shard %d [%q, %q) at %q through %s: %d shards now", s.ID, s.Start, s.End, key, name(i), len(after.Shards)))
+}
+
+func (sn *shardNemesis) move(ctx context.Context, start time.Time) {
+	at := time.Since(start)
+	i, cli := sn.client()
+	l, err := listShards(ctx, cli)
+	if err != nil {
+		sn.movesRefused, sn.lastMoveError = sn.movesRefused+1, err.Error()
+		sn.note(at, "move refused", fmt.Sprintf("listing shards through %s: %v", name(i), err))
+		return
+	}
+	sn.cache.set(l)
+	req := sn.pendingMove
+	if req == nil {
+		req = sn.pickMove(sn.cache.get())
+		if req == nil {
+			return
+		}
+	}
+	// Asked through a host that keeps a member of the shard: a host that
+	// keeps none forwards the group's membership calls to another host's
+	// router, which refuses them (Unimplemented in sharded mode).
+	if s, ok := sn.cache.get().ByID(req.Shard); ok {
+		for _, k := range sn.rng.Perm(len(s.Members)) {
+			var j int
+			if _, err := fmt.Sscanf(s.Members[k], "n%d", &j); err == nil && j >= 1 && j <= len(sn.clis) && sn.c.running(j-1) {
+				i, cli = j-1, sn.clis[j-1]
+				break
+			}
+		}
+	}
+	after, err := shard.MoveShard(ctx, cli.ActiveConnection(), req.Shard, req.FromHost, req.ToHost)
+	what := fmt.Sprintf("shard %d from %s to %s through %s", req.Shard, req.FromHost, req.ToHost, name(i))
+	if err != nil {
+		// Every step of a move is idempotent: the same move is run again
+		// next time, so none is left half done.
+		sn.movesRefused++
+		sn.lastMoveError = err.Error()
+		sn.pendingMove = req
+		sn.note(at, "move refused", what+" (retried next): "+err.Error())
+		return
+	}
+	sn.pendingMove = nil
+	sn.moves++
+	sn.cache.set(after)
+	sn.note(at, NemesisMove, what)
+}
+
+// pickMove picks a shard, one of its members, and a host that keeps none
+// of it and never did (a group never re-admits a member it removed; a
+// shard split off inherits what its parent left).
+func (sn *shardNemesis) pickMove(m shard.Map) *shard.MoveRequest {
+	if sn.left == nil {
+		sn.left = map[uint64][]string{}
+	}
+	for _, s := range m.Shards {
+		if _, ok := sn.left[s.ID]; !ok && s.Parent != 0 {
+			sn.left[s.ID] = slices.Clone(sn.left[s.Parent])
+		}
+	}
+	for _, k := range sn.rng.Perm(len(m.Shards)) {
+		s := m.Shards[k]
+		var to []string
+		for j := range sn.c.size() {
+			h := name(j)
+			if !slices.Contains(s.Members, h) && !slices.Contains(sn.left[s.ID], h) {
+				to = append(to, h)
+			}
+		}
+		if len(to) == 0 || len(s.Members) == 0 {
+			continue
+		}
+		from := s.Members[sn.rng.IntN(len(s.Members))]
+		sn.left[s.ID] = append(sn.left[s.ID], from)
+		return &shard.MoveRequest{Shard: s.ID, FromHost: from, ToHost: to[sn.rng.IntN(len(to))]}
+	}
+	return nil
+}
+
+// verdict is the shard nemesis's part of the report: a nemesis that was
+// on but never once succeeded proved nothing, and fails the run.
+func (sn *shardNemesis) verdict() []string {
+	var out []string
+	if slices.Contains(sn.kinds, NemesisSplit) && sn.splits == 0 {
+		out = append(out, fmt.Sprintf("split nemesis: no split succeeded over the whole run (%d refused; last: %s)", sn.splitRefused, sn.lastSplitErr))
+	}
+	if slices.Contains(sn.kinds, NemesisMove) && sn.moves == 0 {
+		out = append(out, fmt.Sprintf("move nemesis: no move succeeded over the whole run (%d refused; last: %s)", sn.movesRefused, sn.lastMoveError))
+	}
+	return out
+}
+
+// newShardNemesis makes the shard nemesis with a client per member.
+func newShardNemesis(nm *nemesis, c cluster, cache *shardMapCache, keys keyspace, window time.Duration) (*shardNemesis, error) {
+	sn := &shardNemesis{nemesis: nm, cache: cache, keys: keys, window: window}
+	for i := range c.size() {
+		cli, err := newClient([]string{c.client(i)})
+		if err != nil {
+			sn.close()
+			return nil, err
+		}
+		sn.clis = append(sn.clis, cli)
+	}
+	return sn, nil
+}
+
+func (sn *shardNemesis) close() {
+	for _, c := range sn.clis {
+		c.Close()
+	}
+}
+
+// shardSummary is the report's line on the shard nemeses.
+func shardSummary(shards int, sn *shardNemesis, final int) string {
+	if sn == nil {
+		return fmt.Sprintf("shards: %d at start, %d at the end (no split or move nemesis)", shards, final)
+	}
+	return fmt.Sprintf("shards: %d at start, %d at the end; %d splits done (%d refused under faults), %d moves done (%d refused under faults)",
+		shards, final, sn.splits, sn.splitRefused, sn.moves, sn.movesRefused)
+}
