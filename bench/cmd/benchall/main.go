@@ -7,9 +7,11 @@
 // It builds each benchmark package's test binary once, then runs the
 // suites in rounds: core engines (package core), runtimes with fsync
 // (package nodes), the etcd-v3 service against etcd (package service,
-// BenchmarkService) and memory per key (BenchmarkMemory, one process per
-// system). Each round is a fresh process per suite, and every other round
-// visits the systems in reverse order (BALLOT_BENCH_REVERSE=1), so that
+// BenchmarkService), memory per key (BenchmarkMemory, one process per
+// system) and sharded mode (package shards: write throughput as shards
+// grow, and the cost of idle groups, one process per shard count and
+// quiescence setting). Each round is a fresh process per suite, and every
+// other round visits the systems in reverse order (BALLOT_BENCH_REVERSE=1), so that
 // neither is always measured first. A figure in the report is the median
 // over the rounds; a ratio is computed within each round, from systems
 // measured back to back in the same process, and then the median of those
@@ -72,7 +74,7 @@ func main() {
 	flag.BoolVar(&o.profile, "profile", false, "also profile ballot's node-level write path (CPU and allocations)")
 	flag.IntVar(&o.rounds, "rounds", 0, "rounds of every suite (default: core 4, nodes and service 3, memory 1; with --quick core 2, the others 1)")
 	flag.IntVar(&o.keys, "keys", 0, "keys the memory suite loads (default 250000, or 20000 with --quick; the issue's figure is 1000000, about 12 minutes more on 2 cores)")
-	flag.StringVar(&o.only, "only", "", "comma-separated suites to run: core,nodes,service,memory (default all)")
+	flag.StringVar(&o.only, "only", "", "comma-separated suites to run: core,nodes,service,memory,shards (default all)")
 	flag.StringVar(&o.out, "out", "", "directory for BENCHMARKS.md and the raw outputs (default: the repository, or a temporary directory with --quick)")
 	flag.StringVar(&o.from, "report-from", "", "render BENCHMARKS.md again from the raw outputs of an earlier run in this directory (with the current bench/notes.md), running nothing")
 	flag.Parse()
@@ -211,7 +213,7 @@ func writeReport(env *environment, results map[string]runs, benchDir, repo, outR
 }
 
 // rawFile names a saved output: <label>-r<round>.txt.
-var rawFile = regexp.MustCompile(`^(core|nodes|service|memory)(-[a-z]+)?-r(\d+)\.txt$`)
+var rawFile = regexp.MustCompile(`^(core|nodes|service|memory|shards)(-[a-z0-9-]+)?-r(\d+)\.txt$`)
 
 // rerender reads the raw outputs and run.json of an earlier run from
 // o.from and writes its report again, into the repository (or --out).
@@ -323,6 +325,37 @@ func plan(o options) []suite {
 			return invs
 		}},
 	}
+	// Sharded mode (about 15 minutes more): puts as shards grow (one
+	// process per round; every other round runs quiescence off first),
+	// then, in the first round only, the idle cost of N shards (one
+	// process per N and quiescence setting, so that no cluster inherits
+	// another's memory; 1000 shards take ~5 minutes of the 15).
+	shardCounts, shardClients, shardOps, idleShards, idleSecs := "1,2,4,8", "64,256", "20000", []string{"1", "64", "256", "1000"}, "10"
+	shardQuiesce := "on,off"
+	if o.quick {
+		shardCounts, shardClients, shardOps, idleShards, idleSecs = "1,2", "64", "300", []string{"1", "16"}, "2"
+		shardQuiesce = "on"
+	}
+	all = append(all, suite{name: "shards", pkg: "./shards", rounds: rounds, runs: func(r int) []invocation {
+		order := shardQuiesce
+		if r%2 == 0 && order == "on,off" {
+			order = "off,on"
+		}
+		invs := []invocation{{label: "shards-puts",
+			env:  []string{"BALLOT_BENCH_SHARDS=" + shardCounts, "BALLOT_BENCH_CLIENTS=" + shardClients, "BALLOT_BENCH_SHARD_OPS=" + shardOps, "BALLOT_BENCH_QUIESCE=" + order},
+			args: []string{"-test.bench", "BenchmarkShardPuts", "-test.benchtime", "1x", "-test.timeout", "30m"}}}
+		if r > 1 {
+			return invs
+		}
+		for _, n := range idleShards {
+			for _, q := range strings.Split(shardQuiesce, ",") {
+				invs = append(invs, invocation{label: "shards-idle-" + n + "-" + q,
+					env:  []string{"BALLOT_BENCH_IDLE_SHARDS=" + n, "BALLOT_BENCH_IDLE_SECONDS=" + idleSecs, "BALLOT_BENCH_QUIESCE=" + q},
+					args: []string{"-test.bench", "BenchmarkIdleGroups/shards=" + n + "/quiesce=" + q + "$", "-test.benchtime", "1x", "-test.timeout", "30m"}})
+			}
+		}
+		return invs
+	}})
 	if o.only == "" {
 		return all
 	}

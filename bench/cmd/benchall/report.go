@@ -207,9 +207,12 @@ func render(env *environment, res map[string]runs) string {
 	renderNodes(p, res["nodes"])
 	renderService(p, res["service"])
 	renderMemory(p, res["memory"])
+	renderShards(p, res["shards"])
 
 	p("## Not measured yet\n\n")
-	p("- **Write throughput as shards grow, memory per idle group**: ballot has no multi-group host yet (no `shard/` package), so there is nothing to scale; the suite gets its rows when one exists.\n")
+	if len(res["shards"]) == 0 {
+		p("- **Write throughput as shards grow, memory per idle group**: not run in this run (`benchall --only shards`).\n")
+	}
 	p("- **etcd-io/raft at node level**: etcd-io/raft ships no log store and no transport, so any harness around it would be ours, not what its users run; the runtime its users run is etcd's server (its WAL, rafthttp and apply loop), which the service table measures against ballot through the same client. A minimal WAL harness would measure our harness.\n\n")
 
 	if env.notes != "" {
