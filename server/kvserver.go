@@ -57,6 +57,11 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if err != nil {
 		return nil, err
 	}
+	// A split applied while the store was read may have taken the keys
+	// away under it: the range narrows before they go, so look again.
+	if err := k.s.shardGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
+		return nil, err
+	}
 	resp.Header = k.s.fillHeader(resp.Header)
 	return resp, nil
 }
@@ -125,6 +130,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 			return nil, err
 		}
 		resp, err = k.s.store.Txn(r)
+		if err == nil {
+			err = k.s.shardGuard(&pb.InternalRaftRequest{Txn: r}) // as in Range
+		}
 	} else {
 		resp, err = k.s.propose(ctx, &pb.InternalRaftRequest{Txn: r})
 	}

@@ -176,13 +176,16 @@ func (s *Server) applySplit(index uint64, req SplitRequest) error {
 	if bytes.Compare(req.Key, start) <= 0 || (len(end) > 0 && bytes.Compare(req.Key, end) >= 0) || req.Child == 0 {
 		return ErrGRPCSplitRefused
 	}
+	// Narrow the range before the keys leave: a read that checked the
+	// range, then read, checks it again after (see kvServer.Range), and
+	// must see it narrowed if it could have read the store without them.
+	s.store.SetMeta(metaShardRange, encodeRange(start, req.Key))
+	s.loadRange()
 	child := s.store.SplitOff(req.Key, end)
 	child.SetMeta(metaShardRange, encodeRange(req.Key, end))
 	rec := SplitRecord{Child: req.Child, Start: req.Key, End: end, Index: index, Members: req.Members}
 	b, _ := json.Marshal(rec)
 	s.store.SetMeta(metaShardChildren+key, b)
-	s.store.SetMeta(metaShardRange, encodeRange(start, req.Key))
-	s.loadRange()
 	s.hub.cut(req.Key, end, s.store.Rev())
 	s.log.Info("shard split", "shard", s.cfg.Shard.ID, "child", req.Child, "at", fmt.Sprintf("%q", req.Key), "index", index)
 	if s.cfg.Shard.OnSplit != nil {
