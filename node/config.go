@@ -96,6 +96,10 @@ type Config struct {
 	// Engine builds the consensus engine. Default: the EngineKind's, Raft
 	// with PreVote and CheckQuorum, or Multi-Paxos.
 	Engine func(EngineConfig, consensus.InitialState) (consensus.Engine, error)
+	// RecvQueue bounds the messages received from peers waiting for the
+	// engine loop; beyond it they are dropped (and counted), as a lossy
+	// network would. Default 4096; a host of many groups passes less.
+	RecvQueue int
 	// WrapEngine, when set, wraps the engine the node drives (after
 	// Engine built it): a host of many groups wraps each in a quiescer
 	// that stops ticking an idle group (see shard/quiesce.go).

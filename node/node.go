@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -88,7 +89,7 @@ func Start(ctx context.Context, cfg Config, sm StateMachine) (*Node, error) {
 		cfg: cfg, id: cfg.ID,
 		log:         cfg.Logger.With("node", cfg.ID),
 		obs:         cfg.Observer,
-		recvc:       make(chan consensus.Message, 4096),
+		recvc:       make(chan consensus.Message, cmp.Or(cfg.RecvQueue, 4096)),
 		propc:       make(chan *proposal, cfg.MaxPendingProposals),
 		reqc:        make(chan func(*loop), 64),
 		applyc:      make(chan applyTask, 64),

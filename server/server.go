@@ -92,6 +92,9 @@ type Config struct {
 	NewTransport func(h transport.Handler) (transport.Transport, error)
 	// WrapEngine wraps the consensus engine (node.Config.WrapEngine).
 	WrapEngine func(consensus.Engine) consensus.Engine
+	// RecvQueue bounds the node's queue of received messages
+	// (node.Config.RecvQueue).
+	RecvQueue int
 	// GroupTag, when set, is sent as the gRPC metadata ballot-group on
 	// every call this member makes to another member (forwarding to the
 	// leader, consistency checks): members of a sharded host share one
@@ -281,7 +284,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	n, err := node.Start(ctx, node.Config{
 		ID: consensus.NodeID(cfg.MemberID), ClusterID: cfg.ClusterID,
 		Peers: peers, Join: cfg.Join, ForceNewCluster: cfg.ForceNewCluster, EngineKind: cfg.Engine, DataDir: cfg.DataDir, FS: cfg.FS,
-		Listen: cfg.PeerListener, NewTransport: cfg.NewTransport, WrapEngine: cfg.WrapEngine, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
+		Listen: cfg.PeerListener, NewTransport: cfg.NewTransport, WrapEngine: cfg.WrapEngine, RecvQueue: cfg.RecvQueue, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		SnapshotEntries: cfg.SnapshotEntries, Seed: cfg.Seed,
 		Logger: cfg.Logger.With("member", cfg.Name), Clock: cfg.Clock, Observer: cfg.Observe.Node,
 	}, sm)

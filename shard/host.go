@@ -140,8 +140,14 @@ type group struct {
 	inflight atomic.Int64
 }
 
-// memBuffer is the in-memory connection's buffer per direction.
-const memBuffer = 1 << 20
+// memBuffer is the in-memory connection's buffer per direction: small, as
+// a host may keep thousands of groups (a larger message just waits for the
+// reader). groupRecvQueue bounds each member's queue of received messages,
+// for the same reason (a single group uses node's default).
+const (
+	memBuffer      = 64 << 10
+	groupRecvQueue = 512
+)
 
 // DefaultSplitBytes is Config.SplitBytes's default.
 const DefaultSplitBytes = 256 << 20
@@ -395,7 +401,7 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 		AdvertiseClientURLs: h.cfg.AdvertiseClientURLs,
 		DataDir:             dir, FS: h.fs, ClientListener: lis,
 		NewTransport: func(th transport.Handler) (transport.Transport, error) { return h.mux.Group(cid, th) },
-		Shard:        sc, GroupTag: strconv.FormatUint(id, 10), WrapEngine: wrap,
+		Shard:        sc, GroupTag: strconv.FormatUint(id, 10), WrapEngine: wrap, RecvQueue: groupRecvQueue,
 		TickInterval: h.cfg.TickInterval, ElectionTicks: h.cfg.ElectionTicks, SnapshotEntries: h.cfg.SnapshotEntries,
 		Seed: seedFor(h.cfg.Seed, id), Logger: log, Unsafe: h.cfg.Unsafe,
 	}

@@ -48,6 +48,7 @@ func TestMoveUnderLoad(t *testing.T) {
 	}
 	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 30*time.Second)
 	if res != porcupine.Ok {
+		logFailingKeys(t, h.ops)
 		t.Fatalf("history of %d operations is not linearizable (%v); see %s", len(h.ops), res, visualize(t, info))
 	}
 	t.Logf("%d operations, linearizable, across a move", len(h.ops))

@@ -176,6 +176,7 @@ func splitUnderLoad(t *testing.T, broken bool) (linearizable bool) {
 		return res == porcupine.Ok
 	}
 	if res != porcupine.Ok {
+		logFailingKeys(t, h.ops)
 		t.Fatalf("history of %d operations is not linearizable (%v); see %s", len(h.ops), res, visualize(t, info))
 	}
 	t.Logf("%d operations, linearizable, across two splits", len(h.ops))
@@ -333,6 +334,27 @@ func (ld *load) stop() *history {
 	close(ld.stopc)
 	ld.wg.Wait()
 	return ld.h
+}
+
+// logFailingKeys logs, for each key whose own history is not
+// linearizable, its operations in call order.
+func logFailingKeys(t *testing.T, ops []porcupine.Operation) {
+	for _, part := range registerModel.Partition(ops) {
+		if porcupine.CheckOperations(registerModel, part) {
+			continue
+		}
+		sort.Slice(part, func(i, j int) bool { return part[i].Call < part[j].Call })
+		var b strings.Builder
+		for _, op := range part {
+			in := op.Input.(regIn)
+			if in.put {
+				fmt.Fprintf(&b, "\n  c%d put %s [%.3f, %.3f] ms", op.ClientId, in.value, float64(op.Call)/1e6, float64(op.Return)/1e6)
+			} else {
+				fmt.Fprintf(&b, "\n  c%d get -> %q [%.3f, %.3f] ms", op.ClientId, op.Output.(regOut).value, float64(op.Call)/1e6, float64(op.Return)/1e6)
+			}
+		}
+		t.Logf("key %s is not linearizable:%s", part[0].Input.(regIn).key, b.String())
+	}
 }
 
 func visualize(t *testing.T, info porcupine.LinearizationInfo) string {
