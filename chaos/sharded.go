@@ -223,7 +223,15 @@ func (sn *shardNemesis) run(ctx context.Context, start time.Time, election time.
 			return
 		case <-time.After(election*2 + time.Duration(sn.rng.IntN(2000))*time.Millisecond):
 		}
+		// A kind that has not succeeded yet goes first, so that a run is
+		// not failed for lack of a split because the dice chose moves.
 		kind := sn.kinds[sn.rng.IntN(len(sn.kinds))]
+		for _, k := range sn.kinds {
+			if (k == NemesisSplit && sn.splits == 0) || (k == NemesisMove && sn.moves == 0) {
+				kind = k
+				break
+			}
+		}
 		opCtx, cancel := context.WithTimeout(ctx, 20*election+5*time.Second)
 		switch kind {
 		case NemesisSplit:
