@@ -57,13 +57,23 @@ func TestEtcdctlMembership(t *testing.T) {
 	c.Leader()
 	e := ctl{t: t, bin: etcdctl(t), eps: strings.Join(c.Endpoints(), ",")}
 
-	// member list (table): every member, named, started, with its URLs.
-	list := e.run("", "member", "list")
-	for _, n := range c.Names() {
-		want := fmt.Sprintf(", started, %s, http://", n)
-		if !strings.Contains(list, want) || !strings.Contains(list, "http://"+c.Endpoints(n)[0]+", false") {
-			t.Fatalf("member list lacks %s:\n%s", n, list)
+	// member list (table): every member, named, started, with its URLs —
+	// once each has published its name and client URLs through the log.
+	complete := func(list string) bool {
+		for _, n := range c.Names() {
+			want := fmt.Sprintf(", started, %s, http://", n)
+			if !strings.Contains(list, want) || !strings.Contains(list, "http://"+c.Endpoints(n)[0]+", false") {
+				return false
+			}
 		}
+		return true
+	}
+	list := e.run("", "member", "list")
+	for deadline := time.Now().Add(10 * time.Second); !complete(list); list = e.run("", "member", "list") {
+		if time.Now().After(deadline) {
+			t.Fatalf("member list lacks a started member:\n%s", list)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition with a deadline
 	}
 	if got := len(e.members().Members); got != 3 {
 		t.Fatalf("member list -w json: %d members", got)
