@@ -69,11 +69,13 @@ func TestEtcdctlMembership(t *testing.T) {
 		return true
 	}
 	list := e.run("", "member", "list")
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for deadline := time.Now().Add(10 * time.Second); !complete(list); list = e.run("", "member", "list") {
 		if time.Now().After(deadline) {
 			t.Fatalf("member list lacks a started member:\n%s", list)
 		}
-		time.Sleep(50 * time.Millisecond) // polling a condition with a deadline
+		<-tick.C
 	}
 	if got := len(e.members().Members); got != 3 {
 		t.Fatalf("member list -w json: %d members", got)

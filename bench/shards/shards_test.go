@@ -201,7 +201,7 @@ func idleGroups(b *testing.B, shards int, q string, idle time.Duration) {
 	// Settle: elections done, the initial map stored, leader balancing
 	// (one transfer per host per map refresh) mostly over; with
 	// quiescence on, wait until every group went quiet (bounded).
-	time.Sleep(3 * time.Second)
+	c.WaitLeaders(60 * time.Second)
 	quiet := func() int {
 		n := 0
 		for _, name := range c.Names() {
@@ -213,9 +213,11 @@ func idleGroups(b *testing.B, shards int, q string, idle time.Duration) {
 	// second by default), so only the shards' members are waited for.
 	if q == "on" {
 		deadline := time.Now().Add(60 * time.Second)
+		tick := time.NewTicker(100 * time.Millisecond)
 		for quiet() < hosts*shards && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
+			<-tick.C
 		}
+		tick.Stop()
 	}
 	ticks := func() (n int64) {
 		for _, name := range c.Names() {
@@ -234,7 +236,7 @@ func idleGroups(b *testing.B, shards int, q string, idle time.Duration) {
 		defer f.Close()
 	}
 	tk0, cpu0, w0 := ticks(), cpuTime(b), time.Now()
-	time.Sleep(idle)
+	<-time.After(idle) // the measured idle window, not a wait for an outcome
 	cpu1, w1, tk1 := cpuTime(b), time.Now(), ticks()
 	if os.Getenv("BALLOT_BENCH_CPUPROFILE") != "" {
 		pprof.StopCPUProfile()
@@ -340,7 +342,8 @@ func grow(b *testing.B, c *shardtest.Cluster, target int) {
 				if err == nil {
 					break
 				}
-				time.Sleep(time.Duration(try+1) * 200 * time.Millisecond)
+				<-time.After(time.Duration(try+1) * 200 * time.Millisecond) // backoff before retrying
+
 			}
 			if err != nil {
 				b.Fatalf("split shard %d at %x: %v (after %d splits)", i, []byte{first, second}, err, have-maxInitial)
