@@ -227,47 +227,24 @@ func (h *Host) allocShardID(ctx context.Context, m Map) (uint64, error) {
 }
 
 // recordSplit makes the map in the meta group show a split that parent
-// applied, if it does not yet (compare-and-swap on the map's revision).
+// applied, if it does not yet (updateMap: compare-and-swap on the map).
 func (h *Host) recordSplit(ctx context.Context, parent uint64, rec server.SplitRecord) error {
-	kvc, err := h.meta()
-	if err != nil {
-		return err
-	}
-	for range 16 {
-		resp, err := kvc.Range(ctx, &pb.RangeRequest{Key: []byte(mapKey)})
-		if err != nil {
-			return err
-		}
-		if len(resp.Kvs) == 0 {
-			return errors.New("shard: the meta group holds no map yet")
-		}
-		m, err := DecodeMap(resp.Kvs[0].Value)
-		if err != nil {
-			return err
-		}
+	var werr error
+	err := h.updateMap(ctx, func(m Map) (Map, bool) {
 		if _, ok := m.ByID(rec.Child); ok {
-			h.adopt(m)
-			return nil
+			return m, false
 		}
 		next, err := m.withSplit(parent, rec)
 		if err != nil {
-			return err
+			werr = err
+			return m, false
 		}
-		tr, err := kvc.Txn(ctx, &pb.TxnRequest{
-			Compare: []*pb.Compare{{Key: []byte(mapKey), Target: pb.Compare_MOD, Result: pb.Compare_EQUAL,
-				TargetUnion: &pb.Compare_ModRevision{ModRevision: resp.Kvs[0].ModRevision}}},
-			Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(mapKey), Value: next.Encode()}}}},
-		})
-		if err != nil {
-			return err
-		}
-		if tr.Succeeded {
-			h.adopt(next)
-			h.log.Info("shard map updated", "version", next.Version, "split", parent, "child", rec.Child)
-			return nil
-		}
+		return next, true
+	})
+	if werr != nil {
+		return werr
 	}
-	return errors.New("shard: updating the map: too much contention")
+	return err
 }
 
 // withSplit returns the map with parent cut at rec.Start and rec.Child
