@@ -313,7 +313,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer c.close()
-	hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
+	hctx, hcancel := context.WithTimeout(ctx, 60*time.Second)
 	err = c.waitHealthy(hctx)
 	hcancel()
 	if err != nil {
