@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ballotdb/ballot/consensus"
 	"github.com/ballotdb/ballot/vfs"
@@ -103,14 +104,30 @@ func (pb *peerBook) set(id consensus.NodeID, addr string) {
 	pb.save()
 }
 
-// remove forgets a member removed from the group.
+// removeGrace is how long the transport keeps a removed member's
+// connection after the removal is applied. The engine's last messages to
+// it (the append whose commit index tells it of its own removal) were
+// queued just before the apply; closing the connection at once would drop
+// them, and the removed member would never learn it should stop.
+const removeGrace = 2 * time.Second
+
+// remove forgets a member removed from the group. The transport lets go of
+// it removeGrace later, unless it was added back in the meantime.
 func (pb *peerBook) remove(id consensus.NodeID) {
 	pb.mu.Lock()
 	_, had := pb.m[id]
 	delete(pb.m, id)
 	pb.mu.Unlock()
 	if id != pb.n.id && pb.n.tr != nil {
-		pb.n.tr.RemovePeer(id)
+		tr := pb.n.tr
+		time.AfterFunc(removeGrace, func() {
+			pb.mu.Lock()
+			_, back := pb.m[id]
+			pb.mu.Unlock()
+			if !back {
+				tr.RemovePeer(id)
+			}
+		})
 	}
 	if had {
 		pb.save()
