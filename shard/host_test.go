@@ -300,3 +300,87 @@ func TestLeadersSpread(t *testing.T) {
 		return true
 	})
 }
+
+// TestLeaseThroughHostBehindOnSplits: a lease granted in a shard just split
+// off is kept alive, listed, asked about and attached to through a host
+// whose map predates the split. The router reads the map again instead of
+// answering "lease not found" (a chaos run caught keep-alives answered TTL
+// 0 while the lease was alive).
+func TestLeaseThroughHostBehindOnSplits(t *testing.T) {
+	c := shardtest.New(t, 3, 2)
+	c.WaitLeaders(20 * time.Second)
+	ctx := ctxT(t)
+	names := c.Names()
+	a, b := c.Host(names[0]), c.Host(names[1])
+	old := b.Map()
+	m, err := a.Split(ctx, 1, []byte("lease/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := m.Lookup([]byte("lease/x")).ID
+	if child == 1 {
+		t.Fatalf("split did not move lease/ out of shard 1: %v", m)
+	}
+	cliA := c.Client(names[0])
+	id := clientv3.LeaseID(child<<48 | 7)
+	waitFor(t, 20*time.Second, "the child shard takes grants", func() bool {
+		_, err := cliA.Lease.Grant(metadata.AppendToOutgoingContext(ctx, shard.LeaseKeyHeader, "lease/x"), 30)
+		return err == nil
+	})
+	if _, err := pb.NewLeaseClient(cliA.ActiveConnection()).LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: int64(id), TTL: 30}); err != nil {
+		t.Fatal(err)
+	}
+
+	cliB := c.Client(names[1])
+	for name, check := range map[string]func() error{
+		"keep-alive": func() error {
+			ka, err := cliB.KeepAliveOnce(ctx, id)
+			if err != nil {
+				return err
+			}
+			if ka.TTL <= 0 {
+				return fmt.Errorf("answered TTL %d", ka.TTL)
+			}
+			return nil
+		},
+		"time to live": func() error {
+			r, err := cliB.TimeToLive(ctx, id)
+			if err != nil {
+				return err
+			}
+			if r.TTL <= 0 {
+				return fmt.Errorf("answered TTL %d", r.TTL)
+			}
+			return nil
+		},
+		"leases": func() error {
+			r, err := cliB.Leases(ctx)
+			if err != nil {
+				return err
+			}
+			for _, l := range r.Leases {
+				if l.ID == id {
+					return nil
+				}
+			}
+			return fmt.Errorf("lease %x not listed among %d", id, len(r.Leases))
+		},
+		"put with the lease": func() error {
+			_, err := cliB.Put(ctx, "lease/y", "1", clientv3.WithLease(id))
+			return err
+		},
+	} {
+		b.SetStaleMapForTest(old)
+		if _, ok := b.Map().ByID(child); ok {
+			t.Fatal("the stale map knows the child")
+		}
+		if err := check(); err != nil {
+			t.Errorf("%s through a host behind on splits: %v", name, err)
+		}
+	}
+	// A lease naming a shard that does not exist is still not found.
+	ka, err := cliB.KeepAliveOnce(ctx, clientv3.LeaseID(999<<48|1))
+	if err == nil && ka.TTL > 0 {
+		t.Fatalf("keep-alive of a lease in no shard answered TTL %d", ka.TTL)
+	}
+}

@@ -136,7 +136,7 @@ func (r *router) waitConn(ctx context.Context, id uint64) (grpc.ClientConnInterf
 // routed again after re-reading the map: a shard refused keys it no longer
 // keeps, or this host has no member of the shard yet.
 func retryable(err error) bool {
-	return server.IsWrongShard(err) || isStatus(err, errNotHere)
+	return server.IsWrongShard(err) || isStatus(err, errNotHere) || errors.Is(err, errLeaseHomeUnknown)
 }
 
 // routed runs f on the current map, re-reading the map and retrying with
@@ -146,6 +146,9 @@ func routed[T any](ctx context.Context, r *router, f func(Map) (T, error)) (T, e
 	backoff := 5 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		out, err := pushed(ctx, r.h, func() (T, error) { return f(r.h.Map()) })
+		if errors.Is(err, errLeaseHomeUnknown) && attempt == wrongShardRetries {
+			return out, rpctypes.ErrGRPCLeaseNotFound
+		}
 		if err == nil || !retryable(err) || attempt == wrongShardRetries {
 			return out, err
 		}
@@ -170,6 +173,33 @@ func leaseHome(m Map, id int64) (Shard, error) {
 		return Shard{}, ErrGRPCLeaseIDShard
 	}
 	return s, nil
+}
+
+// staleFor reports whether the map may be too old to know lease id's home:
+// the ID names a shard this map does not have. Shards are never merged, so
+// a shard missing from the map was split off after it, or never existed;
+// only reading the map again tells which.
+func staleFor(m Map, id int64) bool {
+	if id <= 0 || uint64(id)>>48 == 0 {
+		return false
+	}
+	_, ok := m.ByID(uint64(id) >> 48)
+	return !ok
+}
+
+// errLeaseHomeUnknown: a request names a lease homed in a shard this host's
+// map does not know yet. routed reads the map again and retries; a lease
+// whose shard is still unknown after that does not exist.
+var errLeaseHomeUnknown = errors.New("shard: the lease's home shard is not in this host's map")
+
+// freshFor reads the map again if it does not know lease id's home shard
+// (a split this host has not heard of made it), so that a lease granted in
+// a new shard never looks "not found" through a host that is behind.
+func (r *router) freshFor(ctx context.Context, id int64) error {
+	if !staleFor(r.h.Map(), id) {
+		return nil
+	}
+	return r.h.mapStale(ctx)
 }
 
 // ---- KV ----
@@ -273,6 +303,9 @@ func (k *kvRouter) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 	return routed(ctx, k.r, func(m Map) (*pb.PutResponse, error) {
 		s := m.Lookup(req.Key)
 		if req.Lease != 0 {
+			if staleFor(m, req.Lease) {
+				return nil, errLeaseHomeUnknown
+			}
 			if home, err := leaseHome(m, req.Lease); err != nil || !m.Lineage(home.ID, s.ID) {
 				return nil, ErrGRPCLeaseOtherShard
 			}
@@ -370,7 +403,9 @@ func txnShards(m Map, t *pb.TxnRequest, ids map[uint64]bool, leaseErr *error) {
 			case *pb.RequestOp_RequestPut:
 				add(v.RequestPut.Key, nil)
 				if l := v.RequestPut.Lease; l != 0 {
-					if home, err := leaseHome(m, l); err != nil || !m.Lineage(home.ID, m.Lookup(v.RequestPut.Key).ID) {
+					if staleFor(m, l) {
+						*leaseErr = errLeaseHomeUnknown
+					} else if home, err := leaseHome(m, l); err != nil || !m.Lineage(home.ID, m.Lookup(v.RequestPut.Key).ID) {
 						*leaseErr = ErrGRPCLeaseOtherShard
 					}
 				}
@@ -455,6 +490,9 @@ func (l *leaseRouter) lease(ctx context.Context, id uint64) (pb.LeaseClient, err
 // ballot-lease-key-bin metadata, else in the shard its ID names, else in the
 // first shard; an ID the router picks names its home in its top 16 bits.
 func (l *leaseRouter) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if err := l.r.freshFor(ctx, req.ID); err != nil {
+		return nil, err
+	}
 	m := l.r.h.Map()
 	home := m.Shards[0]
 	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get(LeaseKeyHeader)) > 0 {
@@ -487,7 +525,10 @@ func (l *leaseRouter) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest)
 
 // lineage returns the shards lease id lives in: its home first, then the
 // shards split from the home since (each holds a copy; see kv.SplitOff).
-func (l *leaseRouter) lineage(id int64) ([]uint64, error) {
+func (l *leaseRouter) lineage(ctx context.Context, id int64) ([]uint64, error) {
+	if err := l.r.freshFor(ctx, id); err != nil {
+		return nil, err
+	}
 	m := l.r.h.Map()
 	s, err := leaseHome(m, id)
 	if err != nil {
@@ -499,7 +540,7 @@ func (l *leaseRouter) lineage(id int64) ([]uint64, error) {
 // LeaseRevoke revokes the lease in every shard it lives in; the home's
 // answer is the client's.
 func (l *leaseRouter) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	ids, err := l.lineage(req.ID)
+	ids, err := l.lineage(ctx, req.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -524,9 +565,12 @@ func (l *leaseRouter) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeReques
 // LeaseTimeToLive answers with the home's TTL and the keys attached in
 // every shard the lease lives in.
 func (l *leaseRouter) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	ids, err := l.lineage(req.ID)
-	if err != nil {
+	ids, err := l.lineage(ctx, req.ID)
+	if errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
 		return &pb.LeaseTimeToLiveResponse{Header: &pb.ResponseHeader{}, ID: req.ID, TTL: -1}, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	resps := make([]*pb.LeaseTimeToLiveResponse, len(ids))
 	err = fanOut(len(ids), func(i int) error {
@@ -550,6 +594,11 @@ func (l *leaseRouter) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLi
 }
 
 func (l *leaseRouter) LeaseLeases(ctx context.Context, req *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	// Ask the shards of a fresh map: with an old one, the leases of a
+	// shard split off since would be missing from the list, as if gone.
+	if err := l.r.h.mapStale(ctx); err != nil {
+		return nil, err
+	}
 	m := l.r.h.Map()
 	resps := make([]*pb.LeaseLeasesResponse, len(m.Shards))
 	err := fanOut(len(m.Shards), func(i int) error {
@@ -671,7 +720,12 @@ func (l *leaseRouter) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 				return ctx.Err()
 			}
 		}
-		ids, err := l.lineage(req.ID)
+		ids, err := l.lineage(ctx, req.ID)
+		if err != nil && !errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+			// The map could not be read again: no answer is known, and
+			// "not found" would be a lie.
+			return err
+		}
 		if err != nil {
 			mu.Lock()
 			err = stream.Send(&pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID, TTL: 0})
