@@ -1,23 +1,24 @@
 package chaos
 
 import (
-	"slices"
-
 	"context"
 	"errors"
 	"fmt"
-	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ballotdb/ballot/server"
 )
@@ -106,13 +107,50 @@ type procCluster struct {
 	joining []bool
 }
 
+// freePort picks a port for a member to listen on for the whole run. It
+// must stay free while the member is down between a kill and its restart,
+// so it is drawn from below the kernel's ephemeral range: an outgoing
+// connection (of this rig, its members or anything else on the machine)
+// takes its local port from that range and could otherwise hold a member's
+// port when the member starts again ("address already in use"), and so
+// could any test that listens on port 0.
 func freePort() (string, error) {
+	low := ephemeralLow()
+	for range 100 {
+		port := 10000 + rand.IntN(low-10000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken: draw another
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr, nil
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// default 32768 where it cannot be read, or where it leaves too little room
+// below it).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil || low < 12000 {
+		return 32768
+	}
+	return low
 }
 
 // newProcCluster starts n members. With disks, each member's data
