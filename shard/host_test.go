@@ -313,6 +313,11 @@ func TestLeaseThroughHostBehindOnSplits(t *testing.T) {
 	names := c.Names()
 	a, b := c.Host(names[0]), c.Host(names[1])
 	old := b.Map()
+	// A lease of shard 1 granted before the split: the child gets a copy.
+	parent := clientv3.LeaseID(1<<48 | 5)
+	if _, err := pb.NewLeaseClient(c.Client(names[0]).ActiveConnection()).LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: int64(parent), TTL: 30}); err != nil {
+		t.Fatal(err)
+	}
 	m, err := a.Split(ctx, 1, []byte("lease/"))
 	if err != nil {
 		t.Fatal(err)
@@ -377,6 +382,28 @@ func TestLeaseThroughHostBehindOnSplits(t *testing.T) {
 		if err := check(); err != nil {
 			t.Errorf("%s through a host behind on splits: %v", name, err)
 		}
+	}
+	// The parent's lease is listed once (its copy in the child is not a
+	// lease of its own), and revoking it twice says "not found" the second
+	// time as etcd does, matched by etcd's client.
+	r, err := cliB.Leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range r.Leases {
+		if l.ID == parent {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("lease %x listed %d times, want once", parent, n)
+	}
+	if _, err := cliB.Revoke(ctx, parent); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cliB.Revoke(ctx, parent); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		t.Fatalf("second revoke of a split lease: %v, want lease not found", err)
 	}
 	// A lease naming a shard that does not exist is still not found.
 	ka, err := cliB.KeepAliveOnce(ctx, clientv3.LeaseID(999<<48|1))

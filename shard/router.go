@@ -468,7 +468,16 @@ func fanOut(n int, f func(i int) error) error {
 		go func() { defer wg.Done(); errs[i] = f(i) }()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	// The first error, as it came: a client must get the status a shard
+	// answered (etcd's clients match lease-not-found and the like by their
+	// exact message), not a join of them, which gRPC would send as one
+	// status whose message nests the others'.
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ---- Lease ----
@@ -613,8 +622,15 @@ func (l *leaseRouter) LeaseLeases(ctx context.Context, req *pb.LeaseLeasesReques
 		return nil, err
 	}
 	out := &pb.LeaseLeasesResponse{Header: resps[0].Header}
-	for _, r := range resps {
-		out.Leases = append(out.Leases, r.Leases...)
+	for i, r := range resps {
+		for _, l := range r.Leases {
+			// A shard split from a lease's home keeps a copy, which goes
+			// only after the home revokes the lease: the home alone says
+			// whether the lease exists.
+			if uint64(l.ID)>>48 == m.Shards[i].ID {
+				out.Leases = append(out.Leases, l)
+			}
+		}
 	}
 	sort.Slice(out.Leases, func(i, j int) bool { return out.Leases[i].ID < out.Leases[j].ID })
 	return out, nil
