@@ -331,15 +331,20 @@ func (k *kvRouter) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 			}
 			return c.DeleteRange(ctx, req)
 		}
+		// Each part is routed (and retried) on its own: a part that is
+		// deleted must not be deleted again because another part's route
+		// was stale, or its deletions would go missing from the answer.
 		resps := make([]*pb.DeleteRangeResponse, len(parts))
 		err := fanOut(len(parts), func(i int) error {
-			c, err := k.kv(ctx, parts[i].Shard.ID)
-			if err != nil {
-				return err
-			}
 			sub := proto.Clone(req).(*pb.DeleteRangeRequest)
 			sub.Key, sub.RangeEnd = parts[i].Key, parts[i].End
-			resps[i], err = c.DeleteRange(ctx, sub)
+			var err error
+			resps[i], err = k.DeleteRange(ctx, sub)
+			if retryable(err) {
+				// This part ran out of retries; the others may be done, so
+				// the whole must not be tried again.
+				return status.Error(codes.Unavailable, "ballot: a part of a delete across shards could not be routed; parts may be deleted: "+err.Error())
+			}
 			return err
 		})
 		if err != nil {
