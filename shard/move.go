@@ -66,8 +66,11 @@ func (h *Host) Move(ctx context.Context, id uint64, from, to string) error {
 	fromID := server.MemberIDFor(h.cfg.ClusterToken, h.cfg.InitialCluster[from])
 
 	// 1. The new member: a learner of the group, then in the map.
+	// A member ID derives from the cluster token and the peer address, so
+	// "member ID already exists" means this very host was added before: a
+	// retried move goes on from where the last try stopped.
 	if _, err := cl.MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: []string{"http://" + toAddr}, IsLearner: true}); err != nil &&
-		!errors.Is(err, rpctypes.ErrGRPCPeerURLExist) && !isStatus(err, rpctypes.ErrGRPCPeerURLExist) {
+		!isStatus(err, rpctypes.ErrGRPCPeerURLExist) && !isStatus(err, rpctypes.ErrGRPCMemberExist) {
 		return fmt.Errorf("shard move: adding %s to shard %d: %w", to, id, err)
 	}
 	if err := h.updateMap(ctx, func(m Map) (Map, bool) {

@@ -103,3 +103,24 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		<-tick.C
 	}
 }
+
+// TestMoveResumes: a move cut short after its first step (the new host is
+// a learner of the group, nothing else done) is finished by running it
+// again; the group's "member already exists" is not an error then (a
+// chaos run saw every retry of such a move refused).
+func TestMoveResumes(t *testing.T) {
+	c := shardtest.New(t, 4, 2) // shard 1: h1,h2,h3
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.Host("h3").AddLearnerForTest(ctx, 1, "h4"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Host("h3").Move(ctx, 1, "h1", "h4"); err != nil {
+		t.Fatalf("the move, run again after its first step: %v", err)
+	}
+	waitFor(t, 10*time.Second, "h3's map to show shard 1 on h2,h3,h4", func() bool {
+		s, _ := c.Host("h3").Map().ByID(1)
+		return strings.Join(s.Members, ",") == "h2,h3,h4"
+	})
+}
