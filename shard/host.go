@@ -114,6 +114,9 @@ type Host struct {
 	startMu sync.Mutex                  // serializes starting groups
 	remotes map[string]*grpc.ClientConn // other hosts' routers, by name (under mu)
 	hints   map[uint64]string           // leader hints by shard (under mu)
+	// balancedAt is when balance last handed a leadership away (only the
+	// map keeper's goroutine touches it).
+	balancedAt time.Time
 
 	failOnce sync.Once
 	failc    chan struct{} // closed when a group stopped on its own
@@ -785,13 +788,33 @@ func (h *Host) reconcile(ctx context.Context) {
 
 // balance spreads shard leadership over the hosts: a host that leads more
 // shards than its share (the number of shards over the number of hosts,
-// rounded up) hands one, per round, to a member host that leads fewer than
-// its share, as far as this host can see from the groups it keeps.
+// rounded up) hands one, per round, to a voter of that shard on a host that
+// leads at least two fewer shards than it does.
+//
+// Every host must count with the same view, or two hosts that each see
+// only the shards they keep hand a shard back and forth for ever (a chaos
+// run saw one shard change leader 150 times in two minutes): the counts
+// come from the meta group's leader hints, which cover every shard,
+// corrected by what this host's own members know. The gap of two makes a
+// handover strictly even the load out, so rounds end; after a handover the
+// host waits a few rounds for the hints to catch up before it counts
+// again.
 func (h *Host) balance(ctx context.Context) {
+	if time.Since(h.balancedAt) < balanceCooldownRounds*cmp.Or(h.cfg.MapRefresh, time.Second) {
+		return
+	}
 	m := h.Map()
 	share := (len(m.Shards) + len(h.cfg.InitialCluster) - 1) / len(h.cfg.InitialCluster)
-	self := consensus.NodeID(h.MemberID())
-	leads := map[consensus.NodeID]int{}
+	hostOf := map[consensus.NodeID]string{}
+	for name, addr := range h.cfg.InitialCluster {
+		hostOf[consensus.NodeID(server.MemberIDFor(h.cfg.ClusterToken, addr))] = name
+	}
+	h.mu.Lock()
+	leader := maps.Clone(h.hints)
+	h.mu.Unlock()
+	if leader == nil {
+		leader = map[uint64]string{}
+	}
 	var mine []*group
 	for _, g := range h.groups() {
 		if g.id == MetaGroup {
@@ -799,22 +822,30 @@ func (h *Host) balance(ctx context.Context) {
 		}
 		lead := g.srv.Node().Leader()
 		if lead == consensus.None {
+			delete(leader, g.id)
 			continue
 		}
-		leads[lead]++
-		if lead == self {
+		leader[g.id] = hostOf[lead]
+		if hostOf[lead] == h.cfg.Name {
 			mine = append(mine, g)
 		}
 	}
+	leads := map[string]int{}
+	for _, s := range m.Shards {
+		if name := leader[s.ID]; name != "" {
+			leads[name]++
+		}
+	}
+	leads[h.cfg.Name] = len(mine)
 	if len(mine) <= share {
 		return
 	}
 	for _, g := range mine {
 		st := g.srv.Node().Status()
-		best, bestN := consensus.None, share
+		best, bestN := consensus.None, len(mine)-1 // a host leading at most len(mine)-2
 		for _, v := range st.ConfState.Voters {
-			if v != self && leads[v] < bestN {
-				best, bestN = v, leads[v]
+			if name := hostOf[v]; name != "" && name != h.cfg.Name && leads[name] < bestN {
+				best, bestN = v, leads[name]
 			}
 		}
 		if best == consensus.None {
@@ -823,10 +854,16 @@ func (h *Host) balance(ctx context.Context) {
 		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := g.srv.Node().TransferLeadership(tctx, best)
 		cancel()
-		h.log.Info("balancing shard leaders", "shard", g.id, "to", fmt.Sprintf("%x", uint64(best)), "led", len(mine), "share", share, "err", err)
+		h.balancedAt = time.Now()
+		h.log.Info("balancing shard leaders", "shard", g.id, "to", hostOf[best], "led", len(mine), "they_led", bestN, "share", share, "err", err)
 		return
 	}
 }
+
+// balanceCooldownRounds is how many rounds of the map keeper a host waits
+// after handing a shard's leadership away before it balances again: long
+// enough for the leader hints to show the handover.
+const balanceCooldownRounds = 3
 
 // Stop stops the router, every group and the transport. Idempotent.
 func (h *Host) Stop() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"testing"
@@ -409,5 +410,47 @@ func TestLeaseThroughHostBehindOnSplits(t *testing.T) {
 	ka, err := cliB.KeepAliveOnce(ctx, clientv3.LeaseID(999<<48|1))
 	if err == nil && ka.TTL > 0 {
 		t.Fatalf("keep-alive of a lease in no shard answered TTL %d", ka.TTL)
+	}
+}
+
+// TestBalanceSettles: with more hosts than replicas, each host keeps only
+// some shards, yet the hosts agree on who leads how many (through the
+// meta group's leader hints) and the balancer stops handing leaderships
+// around: no shard changes leader for several rounds once it has settled.
+// (Counting from each host's own groups, two hosts handed one shard back
+// and forth for ever in a chaos run.)
+func TestBalanceSettles(t *testing.T) {
+	c := shardtest.NewWith(t, 5, 10, func(cfg *shard.Config) { cfg.MapRefresh = 100 * time.Millisecond })
+	c.WaitLeaders(30 * time.Second)
+	leaders := func() map[uint64]uint64 {
+		out := map[uint64]uint64{}
+		for _, name := range c.Names() {
+			h := c.Host(name)
+			for _, s := range h.Map().Shards {
+				if srv := h.Server(s.ID); srv != nil {
+					if l := uint64(srv.Node().Leader()); l != 0 {
+						out[s.ID] = l
+					}
+				}
+			}
+		}
+		return out
+	}
+	last, since := leaders(), time.Now()
+	waitFor(t, 40*time.Second, "shard leadership to stay put for 2 s (40 rounds of the balancer)", func() bool {
+		cur := leaders()
+		if !maps.Equal(cur, last) {
+			last, since = cur, time.Now()
+		}
+		return time.Since(since) > 2*time.Second
+	})
+	leads := map[uint64]int{}
+	for _, l := range last {
+		leads[l]++
+	}
+	for _, name := range c.Names() {
+		if n := leads[c.Host(name).MemberID()]; n > 4 {
+			t.Errorf("%s leads %d of 10 shards after balancing: %v", name, n, leads)
+		}
 	}
 }
