@@ -363,6 +363,11 @@ type Status struct {
 	ConfState  ConfState
 	// LeadTransferee is the target of a leadership transfer under way, or None.
 	LeadTransferee NodeID
+	// PendingReads counts the ReadIndex requests the leader holds until a
+	// quorum confirms its leadership (0 on other roles). They complete only
+	// if heartbeat rounds keep going: a runtime that stops ticking an idle
+	// group must not stop while any are pending.
+	PendingReads int
 	// Progress is the per-follower view; only on the leader.
 	Progress map[NodeID]Progress
 }

@@ -373,6 +373,9 @@ func (n *Node) Status() consensus.Status {
 		Commit: l.commit, Applied: l.applied, FirstIndex: l.snap.Index + 1, LastIndex: l.lastIndex(),
 		ConfState: n.confAsOf(l.applied).Clone(), LeadTransferee: n.leadTransferee,
 	}
+	if n.role == consensus.Leader {
+		s.PendingReads = len(n.prop.reads)
+	}
 	if s.Role == consensus.Follower && n.conf().IsLearner(n.id) {
 		s.Role = consensus.Learner
 	}

@@ -284,6 +284,9 @@ func (r *Raft) Status() consensus.Status {
 		FirstIndex: r.log.firstIndex(), LastIndex: r.log.lastIndex(),
 		ConfState: r.conf.Clone(), LeadTransferee: r.leadTransferee,
 	}
+	if r.role == consensus.Leader {
+		s.PendingReads = len(r.reads.queue)
+	}
 	if s.Role == consensus.Follower && r.conf.IsLearner(r.id) {
 		s.Role = consensus.Learner
 	}

@@ -91,3 +91,23 @@ func TestReadIndexIgnoresAcksSentBeforeTheRead(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusCountsPendingReads: the leader reports the reads waiting for
+// their heartbeat quorum, and none once they are confirmed (a runtime that
+// stops ticking idle groups relies on it).
+func TestStatusCountsPendingReads(t *testing.T) {
+	n := newTestNet(t, ids(1, 2, 3), nil, nil)
+	l := electLeader(t, n)
+	lead := n.nodes[l].r
+	n.stabilize()
+	if err := lead.ReadIndex([]byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	if got := lead.Status().PendingReads; got != 1 {
+		t.Fatalf("PendingReads %d with one read waiting, want 1", got)
+	}
+	n.stabilize()
+	if got := lead.Status().PendingReads; got != 0 {
+		t.Fatalf("PendingReads %d once the read is confirmed, want 0", got)
+	}
+}

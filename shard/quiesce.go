@@ -21,7 +21,8 @@ import (
 //     heartbeat and its answer; Paxos's empty Decide and its answer) came
 //     in or went out, for quiesceAfter ticks; and it is a leader or a
 //     follower with a known leader, with everything committed applied
-//     (a leader: everything in its log committed);
+//     (a leader: everything in its log committed, and no read waiting for
+//     a heartbeat round to confirm it);
 //   - a follower quiesces only while the host of its leader is live (see
 //     liveness below); if that host goes silent, the follower ticks again
 //     and its election timer runs as usual;
@@ -89,7 +90,10 @@ func (q *quiescer) settled() bool {
 	}
 	switch st.Role {
 	case consensus.Leader:
-		return st.Commit == st.LastIndex && st.LeadTransferee == consensus.None
+		// A read waiting for its heartbeat round must see rounds go on:
+		// if this round's answers were lost, only the next tick's round
+		// confirms it.
+		return st.Commit == st.LastIndex && st.LeadTransferee == consensus.None && st.PendingReads == 0
 	case consensus.Follower, consensus.Learner:
 		return st.Leader != consensus.None && q.live(st.Leader)
 	}
