@@ -63,6 +63,13 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 		return Map{}, fmt.Errorf("%w: no shard %d", ErrBadSplit, id)
 	}
 	key = SplitKey(key)
+	if len(p.End) > 0 && bytes.Compare(key, p.End) >= 0 {
+		if s := m.Lookup(key); bytes.Equal(s.Start, key) && m.Lineage(id, s.ID) {
+			// Split at key already (by this request, whose answer was
+			// lost, or another): done, as a retry expects.
+			return m, nil
+		}
+	}
 	if bytes.Compare(key, p.Start) <= 0 || (len(p.End) > 0 && bytes.Compare(key, p.End) >= 0) {
 		return Map{}, fmt.Errorf("%w: key %q (after moving it to its prefix) is not strictly inside shard %d [%q, %q)",
 			ErrBadSplit, key, id, p.Start, p.End)

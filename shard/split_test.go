@@ -3,6 +3,7 @@ package shard_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -396,5 +397,30 @@ func TestAutoSplit(t *testing.T) {
 	r, err := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithCountOnly())
 	if err != nil || r.Count != 80 {
 		t.Fatalf("%d keys after the split (%v), want 80", r.Count, err)
+	}
+}
+
+// TestSplitAgainIsDone: asking for a split that is already done (a retry
+// whose first answer was lost) answers with the map, not an error; a key
+// outside the shard that no split of it made is still refused.
+func TestSplitAgainIsDone(t *testing.T) {
+	c := shardtest.New(t, 3, 2)
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := c.Host(c.Names()[0])
+	m1, err := h.Split(ctx, 1, []byte("m/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := h.Split(ctx, 1, []byte("m/"))
+	if err != nil {
+		t.Fatalf("the same split again: %v", err)
+	}
+	if len(m2.Shards) != len(m1.Shards) {
+		t.Fatalf("the same split again made %d shards of %d", len(m2.Shards), len(m1.Shards))
+	}
+	if _, err := h.Split(ctx, 1, []byte("p/")); !errors.Is(err, shard.ErrBadSplit) {
+		t.Fatalf("a split of shard 1 at a key it no longer keeps: %v, want ErrBadSplit", err)
 	}
 }
