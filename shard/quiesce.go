@@ -21,8 +21,8 @@ import (
 //     heartbeat and its answer; Paxos's empty Decide and its answer) came
 //     in or went out, for quiesceAfter ticks; and it is a leader or a
 //     follower with a known leader, with everything committed applied
-//     (a leader: everything in its log committed, and no read waiting for
-//     a heartbeat round to confirm it);
+//     (a leader: everything in its log committed, no read waiting for a
+//     heartbeat round to confirm it, and every live member caught up);
 //   - a follower quiesces only while the host of its leader is live (see
 //     liveness below); if that host goes silent, the follower ticks again
 //     and its election timer runs as usual;
@@ -93,7 +93,18 @@ func (q *quiescer) settled() bool {
 		// A read waiting for its heartbeat round must see rounds go on:
 		// if this round's answers were lost, only the next tick's round
 		// confirms it.
-		return st.Commit == st.LastIndex && st.LeadTransferee == consensus.None && st.PendingReads == 0
+		if st.Commit != st.LastIndex || st.LeadTransferee != consensus.None || st.PendingReads > 0 {
+			return false
+		}
+		// A live member still behind (a learner being caught up, a
+		// follower back from a crash) is brought up to date by the
+		// answers to heartbeats: without ticks it would wait for ever.
+		for id, pr := range st.Progress {
+			if id != st.ID && pr.Match < st.LastIndex && q.live(id) {
+				return false
+			}
+		}
+		return true
 	case consensus.Follower, consensus.Learner:
 		return st.Leader != consensus.None && q.live(st.Leader)
 	}

@@ -39,3 +39,27 @@ func TestLeaderWithPendingReadsKeepsTicking(t *testing.T) {
 		t.Fatalf("a leader with a read pending skipped ticks (quiet %v, %d of %d ticks passed on)", q.quiet.Load(), e.ticks-before, 3*quiesceAfter)
 	}
 }
+
+// TestLeaderWithLaggingMemberKeepsTicking: an idle leader does not sleep
+// while a live member is behind (a learner being caught up for a move): the
+// answers to its heartbeats are what send it the rest. A member on a dead
+// host does not keep it awake.
+func TestLeaderWithLaggingMemberKeepsTicking(t *testing.T) {
+	e := &statusEngine{st: consensus.Status{ID: 1, Role: consensus.Leader, Commit: 9, LastIndex: 9, Applied: 9,
+		Progress: map[consensus.NodeID]consensus.Progress{1: {Match: 9}, 2: {Match: 9}, 3: {Match: 4}}}}
+	alive := map[consensus.NodeID]bool{1: true, 2: true, 3: true}
+	q := &quiescer{Engine: e, live: func(id consensus.NodeID) bool { return alive[id] }, quiet: &atomic.Bool{}, ticks: &atomic.Int64{}}
+	for range 3 * quiesceAfter {
+		q.Tick()
+	}
+	if q.quiet.Load() {
+		t.Fatal("a leader went quiet while a live member was 5 entries behind")
+	}
+	alive[3] = false
+	for range 3 * quiesceAfter {
+		q.Tick()
+	}
+	if !q.quiet.Load() {
+		t.Fatal("a leader kept ticking for a member on a dead host")
+	}
+}
