@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -222,6 +223,34 @@ func newProcCluster(bin, dir string, n, shards int, tick time.Duration, unsafe, 
 	return c, nil
 }
 
+// dumpGoroutines saves every running member's goroutines (from its
+// /debug/pprof/goroutine) as nX-goroutines.txt in the run's directory: the
+// evidence of a member that stopped making progress.
+func (c *procCluster) dumpGoroutines() {
+	for i := range c.n {
+		if !c.running(i) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.httpAddr[i]+"/debug/pprof/goroutine?debug=2", nil)
+		if err == nil {
+			var resp *http.Response
+			if resp, err = http.DefaultClient.Do(req); err == nil {
+				var b []byte
+				b, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil {
+					err = os.WriteFile(filepath.Join(c.dir, name(i)+"-goroutines.txt"), b, 0o644)
+				}
+			}
+		}
+		cancel()
+		if err != nil {
+			c.logf("chaos: saving %s's goroutines: %v", name(i), err)
+		}
+	}
+}
+
 // takesPeerRoutes reports whether the binary's serve command knows the
 // hidden --unsafe-peer-routes flag (cobra refuses an unknown flag before it
 // prints help).
@@ -260,7 +289,7 @@ func (c *procCluster) start(i int) error {
 	args := []string{"serve", "--name", name(i), "--data-dir", c.dataDir[i],
 		"--listen-client", c.clientAddr[i], "--listen-peer", peerAddr[i], "--listen-http", c.httpAddr[i],
 		"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", chaosToken,
-		"--tick", c.tick.String(), "--snapshot-count", "2000"}
+		"--tick", c.tick.String(), "--snapshot-count", "2000", "--enable-pprof"}
 	if len(routes) > 0 {
 		args = append(args, "--unsafe-peer-routes", strings.Join(routes, ","))
 	}

@@ -56,6 +56,12 @@
 //     acknowledged keep-alive plus the TTL answered; once faults heal, every
 //     abandoned lease must be gone within TTL and a bound, and every kept
 //     one present.
+//   - bank: transfers between accounts (cross-shard transactions in a
+//     sharded run) by compare-and-swap Txns that log their IDs in both
+//     accounts, and full reads of every account in one Txn. Every full read
+//     and the final state hold the opening total and show each transfer
+//     applied to both accounts or neither; every acknowledged transfer is
+//     applied, no refused one.
 //   - no member may exit except by the nemesis.
 //
 // The checkers bite: Options.Unsafe switches on deliberately broken builds

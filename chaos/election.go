@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -418,4 +419,35 @@ func (ew *electionWorkload) summary() string {
 	}
 	return fmt.Sprintf("election: %d campaigns, %d terms won (%d turned zombie), %d fenced writes acknowledged, %d refused by the fence, %d unknown, %d committed%s",
 		ew.campaigns, len(ew.terms), ew.zombies, len(ew.acked), ew.fenced, ew.unknown, len(ew.history), regained)
+}
+
+// writeEvidence saves what the checks saw, for a reader chasing a
+// violation: every won term (invoke and win times relative to start), every
+// acknowledged write and the committed history, each in its own section.
+func (ew *electionWorkload) writeEvidence(path string, start time.Time) error {
+	ew.mu.Lock()
+	defer ew.mu.Unlock()
+	var b strings.Builder
+	rel := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.Sub(start).Round(time.Millisecond).String()
+	}
+	fmt.Fprintf(&b, "# terms won: candidate term token invoked won zombie\n")
+	for _, t := range ew.terms {
+		fmt.Fprintf(&b, "term %d %d %d %s %s %v\n", t.candidate, t.term, t.token, rel(t.invoked), rel(t.won), t.zombie)
+	}
+	fmt.Fprintf(&b, "# acknowledged writes: revision value acknowledged-at\n")
+	for _, w := range ew.acked {
+		fmt.Fprintf(&b, "acked %d %s %s\n", w.rev, w.value(), rel(w.at))
+	}
+	fmt.Fprintf(&b, "# committed history: revision value\n")
+	for _, w := range ew.history {
+		fmt.Fprintf(&b, "history %d %s\n", w.rev, w.value())
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("chaos: saving the election evidence: %w", err)
+	}
+	return nil
 }

@@ -74,10 +74,11 @@ const (
 	WorkloadLease    = "lease"    // leases expire when and only when their holders stop keeping them alive
 	WorkloadLock     = "lock"     // recipes/lock: fenced increments are never lost, tokens never go down
 	WorkloadElection = "election" // recipes/election: leaders' fenced writes never go back a term; leadership returns after faults
+	WorkloadBank     = "bank"     // transfers between accounts (cross-shard Txns when sharded): totals hold, each applied exactly once or not at all
 )
 
 // AllWorkloads lists every workload, all run by default.
-var AllWorkloads = []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease, WorkloadLock, WorkloadElection}
+var AllWorkloads = []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease, WorkloadLock, WorkloadElection, WorkloadBank}
 
 // Report is the outcome of a run.
 type Report struct {
@@ -92,6 +93,7 @@ type Report struct {
 	Splits, Moves              int      // splits and moves that succeeded
 	Lock                       string   // the lock workload's summary line, if it ran
 	Election                   string   // the election workload's summary line, if it ran
+	Bank                       string   // the bank workload's summary line, if it ran
 	Skipped                    []string // nemeses that could not run here, and why
 	Faults                     map[string]int
 	Schedule                   []string
@@ -125,6 +127,9 @@ func (r *Report) Summary() string {
 	}
 	if r.Election != "" {
 		fmt.Fprintln(&b, r.Election)
+	}
+	if r.Bank != "" {
+		fmt.Fprintln(&b, r.Bank)
 	}
 	if r.NoSpace > 0 {
 		fmt.Fprintf(&b, "disk full: %d client calls refused with \"database space exceeded\"\n", r.NoSpace)
@@ -387,6 +392,22 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if has(WorkloadLock) {
 		lockW = &lockWorkload{counterKey: ks.lockCounter, sharded: o.Shards > 0}
 	}
+	// The bank's accounts are created before any client or fault starts.
+	var bankW *bankWorkload
+	if has(WorkloadBank) {
+		bankW = &bankWorkload{keys: ks.bank, start: rec.start}
+		bc, err := newClient([]string{c.client(0)})
+		if err != nil {
+			return nil, err
+		}
+		clients = append(clients, bc)
+		bctx, bcancel := context.WithTimeout(ctx, 30*time.Second)
+		err = bankW.setup(bctx, bc, opTimeout)
+		bcancel()
+		if err != nil {
+			return nil, fmt.Errorf("chaos: %w", err)
+		}
+	}
 	// Candidates campaign past the run, until leadership has been seen to
 	// return after the heal (electionCtx).
 	var electionW *electionWorkload
@@ -425,6 +446,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			clients = append(clients, kc)
 			wg.Add(1)
 			go func() { defer wg.Done(); lockW.holder(runCtx, kc, opTimeout) }()
+		}
+		if bankW != nil {
+			bc, err := newClient([]string{c.client(i)}) // pinned: faults show
+			if err != nil {
+				return nil, err
+			}
+			clients = append(clients, bc)
+			brng := rand.New(rand.NewPCG(o.Seed, uint64(3000+i)))
+			wg.Add(1)
+			go func() { defer wg.Done(); bankW.member(runCtx, i, o.Nodes, bc, brng, opTimeout) }()
 		}
 		if electionW != nil {
 			ec, err := newClient([]string{c.client(i)})
@@ -512,8 +543,20 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer hcancel()
 	if err := c.waitHealthy(hctx); err != nil {
 		rep.Violations = append(rep.Violations, "after healing: "+err.Error())
+		dumpGoroutines(c)
 	}
 	healedAt := rec.now()
+	if o.Shards > 0 {
+		// The balancer hands shard leaderships back after healing; leases
+		// of a shard that changed leader get a fresh TTL then.
+		sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+		last, err := waitShardsSettled(sctx, c.client(0), rec.now)
+		scancel()
+		if err != nil {
+			o.Logf("after healing: %v; lease bounds counted from the last change seen", err)
+		}
+		healedAt = max(healedAt, last)
+	}
 	var all []string
 	for i := range o.Nodes {
 		all = append(all, c.client(i))
@@ -548,12 +591,24 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		rep.Violations = append(rep.Violations, electionW.check(ectx, final)...)
 		ecancel()
 		rep.Election = electionW.summary()
+		if err := electionW.writeEvidence(filepath.Join(o.Dir, "election.txt"), rec.start); err != nil {
+			o.Logf("%v", err)
+		}
 	}
 	if lockW != nil {
 		kctx, kcancel := context.WithTimeout(hctx, 10*time.Second)
 		rep.Violations = append(rep.Violations, lockW.check(kctx, final)...)
 		kcancel()
 		rep.Lock = lockW.summary()
+	}
+	if bankW != nil {
+		bctx, bcancel := context.WithTimeout(hctx, 30*time.Second)
+		rep.Violations = append(rep.Violations, bankW.check(bctx, final)...)
+		bcancel()
+		rep.Bank = bankW.summary()
+		if err := bankW.writeEvidence(filepath.Join(o.Dir, "bank.txt")); err != nil {
+			o.Logf("%v", err)
+		}
 	}
 	var finalState map[string]string
 	var finalRev int64
@@ -570,6 +625,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				continue
 			}
 			rep.Violations = append(rep.Violations, "final reads failed: "+err.Error())
+			dumpGoroutines(c)
 			break
 		}
 		rep.SetAcked = acked
@@ -728,4 +784,12 @@ func engineArgs(engine string) []string {
 		return nil
 	}
 	return []string{"--engine", engine}
+}
+
+// dumpGoroutines saves the members' goroutines where the cluster can (on
+// processes; a container's pprof port is not published).
+func dumpGoroutines(c any) {
+	if d, ok := c.(interface{ dumpGoroutines() }); ok {
+		d.dumpGoroutines()
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,11 +37,12 @@ type keyspace struct {
 	watch           string // the watch workload's prefix ("": everything)
 	lockCounter     string
 	electionReg     string
+	bank            []string // the bank's accounts (see bankKeys)
 }
 
 // singleKeyspace is the one-group layout: the watchers see every key.
 var singleKeyspace = keyspace{reg: "reg/", set: "set/", lease: leaseKeyPrefix, watch: "",
-	lockCounter: lockCounterKey, electionReg: electionRegisterKey}
+	lockCounter: lockCounterKey, electionReg: electionRegisterKey, bank: bankKeys(false)}
 
 // shardedKeyspace is the sharded layout. Initial shards are cut at first
 // bytes, so each prefix below starts in one shard; "0reg/" (0x30) and the
@@ -56,8 +59,13 @@ var singleKeyspace = keyspace{reg: "reg/", set: "set/", lease: leaseKeyPrefix, w
 //   - the lock counter and the election register sit beside the recipes'
 //     keys (ballot/lock/…, ballot/election/…) under ballot/, which no split
 //     of the rig cuts, so each fenced write stays in one shard.
+//   - the bank's accounts start with first bytes spread over the whole
+//     range, so the initial shards divide them and transfers are
+//     cross-shard transactions; each is one key, which no split can cut,
+//     and splits at their prefixes (<byte>bank/) move them between shards
+//     while transactions hold them.
 var shardedKeyspace = keyspace{reg: "0reg/", set: "set/", lease: leaseKeyPrefix, watch: "set/",
-	lockCounter: "ballot/chaos-lock-counter", electionReg: "ballot/chaos-election-register"}
+	lockCounter: "ballot/chaos-lock-counter", electionReg: "ballot/chaos-election-register", bank: bankKeys(true)}
 
 // leaseHomedAt asks, through gRPC metadata, that leases granted with ctx
 // live in the shard holding key (shard.LeaseKeyHeader): the recipes grant
@@ -119,6 +127,50 @@ func waitShardsLed(ctx context.Context, clientAddrs []string) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("shards not all led (%d of %d hosts see a leader in every shard; %s): %w", ok, len(clis), last, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// waitShardsSettled waits, after healing, until shard leadership has not
+// changed for settledFor: the hosts' balancer hands leaderships back to a
+// host that was down or cut off (one a second per host), and each handover
+// is a leader change after which a shard's leases get a fresh full TTL, as
+// after any election. A lease's liveness bound is counted from the last of
+// those changes, which this returns; it gives up (returning the last change
+// it saw) at ctx's deadline.
+func waitShardsSettled(ctx context.Context, clientAddr string, now func() int64) (lastChange int64, err error) {
+	cli, err := newClient([]string{clientAddr})
+	if err != nil {
+		return now(), err
+	}
+	defer cli.Close()
+	const settledFor = 3 * time.Second
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	lastChange = now()
+	var leaders map[uint64]string
+	for {
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		l, err := listShards(lctx, cli)
+		cancel()
+		if err == nil {
+			cur := map[uint64]string{}
+			for _, s := range l.Shards {
+				// The term too: a shard re-elects the same leader after a
+				// handover that did not take, and its leases restart then.
+				cur[s.ID] = fmt.Sprintf("%s@%d", s.Leader, s.Term)
+			}
+			if !maps.Equal(cur, leaders) {
+				leaders, lastChange = cur, now()
+			}
+		}
+		if time.Duration(now()-lastChange) >= settledFor {
+			return lastChange, nil
+		}
+		select {
+		case <-ctx.Done():
+			return lastChange, fmt.Errorf("shard leadership still changing: %w", ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -205,15 +257,23 @@ type shardNemesis struct {
 
 // splitKeys are the keys the split nemesis picks from: the register's
 // windows around the current one (cutting through keys in use and keys
-// about to be used), and the starts of the set and lease prefixes (moving
-// watched prefixes whole).
+// about to be used), the starts of the set and lease prefixes (moving
+// watched prefixes whole), and the prefixes of two of the bank's accounts,
+// a different two every window (a shard that holds transactions' state
+// refuses to split until they finish: split asks again).
 func (sn *shardNemesis) splitKeys(elapsed time.Duration) []string {
 	gen := int(elapsed / sn.window)
 	var ks []string
 	for g := max(gen-1, 0); g <= gen+2; g++ {
 		ks = append(ks, fmt.Sprintf("%s%d/", sn.keys.reg, g))
 	}
-	return append(ks, sn.keys.reg, sn.keys.set, sn.keys.lease)
+	ks = append(ks, sn.keys.reg, sn.keys.set, sn.keys.lease)
+	for i, k := range sn.keys.bank {
+		if i%4 == gen%4 {
+			ks = append(ks, string(shard.SplitKey([]byte(k))))
+		}
+	}
+	return ks
 }
 
 func (sn *shardNemesis) run(ctx context.Context, start time.Time, election time.Duration) {
@@ -280,16 +340,31 @@ func (sn *shardNemesis) split(ctx context.Context, start time.Time) {
 	key := cands[sn.rng.IntN(len(cands))]
 	s := m.Lookup([]byte(key))
 	after, err := shard.SplitShard(ctx, cli.ActiveConnection(), s.ID, []byte(key))
+	// A shard holding cross-shard transactions' state refuses to split
+	// and says to split again later (the bank workload keeps its shards
+	// busy): asked again, paced, until the call's deadline.
+	busy := 0
+	for ; err != nil && strings.Contains(err.Error(), splitBusy) && pause(ctx, 50*time.Millisecond); busy++ {
+		after, err = shard.SplitShard(ctx, cli.ActiveConnection(), s.ID, []byte(key))
+	}
+	asked := ""
+	if busy > 0 {
+		asked = fmt.Sprintf(" (asked %d more times: shard busy with transactions)", busy)
+	}
 	if err != nil {
 		sn.splitRefused++
 		sn.lastSplitErr = err.Error()
-		sn.note(at, "split refused", fmt.Sprintf("shard %d at %q through %s: %v", s.ID, key, name(i), err))
+		sn.note(at, "split refused", fmt.Sprintf("shard %d at %q through %s%s: %v", s.ID, key, name(i), asked, err))
 		return
 	}
 	sn.splits++
 	sn.cache.set(after)
-	sn.note(at, NemesisSplit, fmt.Sprintf("shard %d [%q, %q) at %q through %s: %d shards now", s.ID, s.Start, s.End, key, name(i), len(after.Shards)))
+	sn.note(at, NemesisSplit, fmt.Sprintf("shard %d [%q, %q) at %q through %s%s: %d shards now", s.ID, s.Start, s.End, key, name(i), asked, len(after.Shards)))
 }
+
+// splitBusy is in the error of a split refused because the shard holds
+// cross-shard transactions' state (server.ErrGRPCSplitBusy).
+const splitBusy = "shard busy with cross-shard transactions"
 
 func (sn *shardNemesis) move(ctx context.Context, start time.Time) {
 	at := time.Since(start)

@@ -232,15 +232,20 @@ func checkWatches(ws []*watchRecorder, final map[string]string, finalRev int64) 
 	for i, w := range ws {
 		w.mu.Lock()
 		var last evKey
+		atRev := map[string]bool{} // keys of last.rev's events
 		for j, ev := range w.events {
 			k := evKey{ev.Kv.ModRevision, string(ev.Kv.Key), ev.Type}
-			// Every write of these workloads touches one key, so each
-			// revision carries exactly one event.
-			if j > 0 && k.rev <= last.rev {
+			// A revision carries one event per key it changed: one, but
+			// for the bank's transfers (two keys in one Txn).
+			if k.rev != last.rev {
+				clear(atRev)
+			}
+			if j > 0 && (k.rev < last.rev || atRev[k.key]) {
 				problems = append(problems, fmt.Sprintf("watcher on %s: event %d (%v) goes back or repeats after %v", name(w.member), j, k, last))
 				break
 			}
 			last = k
+			atRev[k.key] = true
 			seqs[i] = append(seqs[i], k)
 		}
 		w.mu.Unlock()

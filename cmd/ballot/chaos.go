@@ -30,6 +30,12 @@ for linearizability (porcupine), lost acknowledged writes, watch gaps, leases
 expiring early or not at all, and unexpected exits. Exits non-zero on any
 violation, keeping the evidence.
 
+The bank workload moves money between accounts with compare-and-swap Txns
+(cross-shard transactions with --shards, the accounts spread over the
+shards) while a reader sums every account in one read-only Txn: every read
+and the final state must hold the opening total, and every transfer must be
+applied to both accounts or neither — all acknowledged ones, no refused one.
+
 The disk nemesis needs root and mkfs.ext4/mount/losetup; the clock nemesis a
 binary built with -tags chaosclock (built from the source tree when this one
 is not). A nemesis that cannot run is skipped with a loud message.
