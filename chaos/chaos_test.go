@@ -103,13 +103,9 @@ func TestShardedChaos(t *testing.T) {
 		t.Skip("chaos round skipped in -short mode")
 	}
 	d := max(soak(), 20*time.Second)
-	// Not the lease workload yet: on sharded clusters it still sees, now
-	// and then, a lease answered "not found" a second or two before its
-	// promise (an open bug of issue 9; run it with --shards 4 --workload
-	// lease to chase it).
 	rep, err := Run(context.Background(), Options{Nodes: 3, Shards: 4, Duration: d,
 		Nemeses:   []string{NemesisKill, NemesisPause, NemesisPartition, NemesisSplit},
-		Workloads: []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLock, WorkloadElection},
+		Workloads: []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease, WorkloadLock, WorkloadElection},
 		Binary:    ballotBinary(t), Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +123,9 @@ func TestShardedChaos(t *testing.T) {
 	}
 	if strings.HasPrefix(rep.Lock, "lock: 0 acquisitions") {
 		t.Fatalf("the lock workload never held its lock (leases homed in the wrong shard?): %s", rep.Lock)
+	}
+	if rep.Lease.Granted < 20 || rep.Lease.Expired < 10 {
+		t.Fatalf("too few leases to prove anything: %+v", rep.Lease)
 	}
 }
 
