@@ -104,8 +104,24 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 	for _, n := range p.Members {
 		members[n] = h.cfg.InitialCluster[n]
 	}
-	if err := srv.Split(ctx, server.SplitRequest{Child: child, Key: key, Members: members}); err != nil {
-		return Map{}, fmt.Errorf("shard: split of shard %d: %w", id, err)
+	// A shard refuses to split while it holds cross-shard transaction
+	// state (locks, votes, records): wait for a moment without any, as
+	// long as ctx allows, under the one child ID allocated above.
+	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 200*time.Millisecond) {
+		err := srv.Split(ctx, server.SplitRequest{Child: child, Key: key, Members: members})
+		if err == nil {
+			break
+		}
+		if !isStatus(err, server.ErrGRPCSplitBusy) {
+			return Map{}, fmt.Errorf("shard: split of shard %d: %w", id, err)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Map{}, fmt.Errorf("shard: split of shard %d: %w (still busy with transactions when %w)", id, err, ctx.Err())
+		case <-t.C:
+		}
 	}
 	for _, rec := range srv.SplitRecords() {
 		if rec.Child == child {

@@ -421,3 +421,39 @@ func writeSkews(t *testing.T, broken bool, rounds int) int {
 	}
 	return both
 }
+
+// TestSplitWaitsForTransactions: a shard holding a transaction's locks
+// (its coordinator stopped after prepare) refuses to split; Split waits
+// until the sweep has finished the transaction and then splits, under one
+// new shard ID.
+func TestSplitWaitsForTransactions(t *testing.T) {
+	old := shard.TxnTimeout
+	shard.TxnTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { shard.TxnTimeout = old })
+	var stop atomic.Bool
+	c := shardtest.NewWith(t, 3, 4, func(cfg *shard.Config) {
+		cfg.MapRefresh = 100 * time.Millisecond
+		cfg.TxnFailpoint = func(step string) bool { return step == "after-prepare" && stop.CompareAndSwap(true, false) }
+	})
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, b := keyIn(1, 4, "held/a"), keyIn(3, 4, "held/b")
+	stop.Store(true)
+	if _, err := c.Client("h1").Txn(ctx).Then(clientv3.OpPut(a, "1"), clientv3.OpPut(b, "1")).Commit(); err == nil {
+		t.Fatal("the failpoint did not stop the coordinator")
+	}
+	before := len(c.Host("h1").Map().Shards)
+	m, err := c.Host("h1").Split(ctx, 1, []byte(keyIn(1, 4, "m/")))
+	if err != nil {
+		t.Fatalf("split of a shard holding a transaction's locks: %v", err)
+	}
+	if len(m.Shards) != before+1 {
+		t.Fatalf("%d shards after one split of %d", len(m.Shards), before)
+	}
+	for _, s := range m.Shards {
+		if s.ID > uint64(before+1) {
+			t.Fatalf("shard ID %d: the split used up IDs while it waited (%v)", s.ID, m.Shards)
+		}
+	}
+}
