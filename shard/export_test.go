@@ -4,6 +4,8 @@ import (
 	"context"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/ballotdb/ballot/server"
 )
 
 // SetStaleMapForTest puts m back as h's map, as if h had not heard of any
@@ -23,5 +25,16 @@ func (h *Host) AddLearnerForTest(ctx context.Context, id uint64, to string) erro
 		return err
 	}
 	_, err = pb.NewClusterClient(conn).MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: []string{"http://" + h.cfg.InitialCluster[to]}, IsLearner: true})
+	return err
+}
+
+// RemoveMemberForTest removes host name's member from shard id's group
+// and does nothing else, as a move cut short after its removal step.
+func (h *Host) RemoveMemberForTest(ctx context.Context, id uint64, name string) error {
+	conn, err := (&router{h: h}).conn(ctx, id)
+	if err != nil {
+		return err
+	}
+	_, err = pb.NewClusterClient(conn).MemberRemove(ctx, &pb.MemberRemoveRequest{ID: server.MemberIDFor(h.cfg.ClusterToken, h.cfg.InitialCluster[name])})
 	return err
 }

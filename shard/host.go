@@ -114,6 +114,9 @@ type Host struct {
 	startMu sync.Mutex                  // serializes starting groups
 	remotes map[string]*grpc.ClientConn // other hosts' routers, by name (under mu)
 	hints   map[uint64]string           // leader hints by shard (under mu)
+	// removed holds the shards whose group removed this host's member
+	// (under mu): never started again, even if the map still lists it.
+	removed map[uint64]bool
 	// balancedAt is when balance last handed a leadership away (only the
 	// map keeper's goroutine touches it).
 	balancedAt time.Time
@@ -208,7 +211,7 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 			lv.tr.AddPeer(id, addr)
 		}
 	}
-	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial, initial: initial, live: lv,
+	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial, initial: initial, live: lv, removed: map[uint64]bool{},
 		gs: map[uint64]*group{}, remotes: map[string]*grpc.ClientConn{}, stopc: make(chan struct{}), failc: make(chan struct{})}
 	if !cfg.SyncPerGroup {
 		h.fs = vfs.NewSharedSync()
@@ -780,6 +783,14 @@ func (h *Host) reconcile(ctx context.Context) {
 		if !contains(s.Members, h.cfg.Name) || h.group(s.ID) != nil {
 			continue
 		}
+		if h.wasRemoved(s.ID) {
+			// The group removed this host (a move cut short before it
+			// fixed the map): a removed member ID can never rejoin, so
+			// an empty member started now would wait for a leader for
+			// ever while the router sent it requests. Fix the map.
+			h.leaveMap(ctx, s.ID)
+			continue
+		}
 		if err := h.ensureGroup(ctx, &s); err != nil {
 			h.log.Warn("starting a shard's member", "shard", s.ID, "err", err)
 		}
@@ -920,5 +931,29 @@ func (h *Host) Err() error {
 		return h.failErr
 	default:
 		return nil
+	}
+}
+
+// wasRemoved reports whether shard id's group removed this host's member.
+func (h *Host) wasRemoved(id uint64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.removed[id]
+}
+
+// leaveMap takes this host out of shard id's members in the map, after
+// the group removed it; the reconciler tries again if the meta group does
+// not answer now.
+func (h *Host) leaveMap(ctx context.Context, id uint64) {
+	err := h.updateMap(ctx, func(m Map) (Map, bool) {
+		i := slices.IndexFunc(m.Shards, func(x Shard) bool { return x.ID == id })
+		if i < 0 || !slices.Contains(m.Shards[i].Members, h.cfg.Name) {
+			return m, false
+		}
+		m.Shards[i].Members = slices.DeleteFunc(slices.Clone(m.Shards[i].Members), func(n string) bool { return n == h.cfg.Name })
+		return m, true
+	})
+	if err != nil {
+		h.log.Warn("taking this host out of a shard's members in the map", "shard", id, "err", err)
 	}
 }

@@ -236,7 +236,13 @@ func (h *Host) watchGroup(g *group) {
 		return // dropped on purpose (dropGroup)
 	}
 	if err := g.srv.Err(); errors.Is(err, node.ErrRemoved) {
+		h.mu.Lock()
+		h.removed[g.id] = true
+		h.mu.Unlock()
 		h.dropGroup(g)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		h.leaveMap(ctx, g.id)
+		cancel()
 		return
 	}
 	h.failOnce.Do(func() {

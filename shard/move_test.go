@@ -124,3 +124,38 @@ func TestMoveResumes(t *testing.T) {
 		return strings.Join(s.Members, ",") == "h2,h3,h4"
 	})
 }
+
+// TestRemovedHostLeavesTheMap: a host whose member the group removed (a
+// move cut short between the removal and the map update) drops it, takes
+// itself out of the shard's members in the map, and does not start an
+// empty member again: a removed member can never rejoin, and one waiting
+// for a leader would hang every request routed to it (a chaos run saw the
+// reads of a shard time out for a minute that way).
+func TestRemovedHostLeavesTheMap(t *testing.T) {
+	c := shardtest.NewWith(t, 4, 2, func(cfg *shard.Config) { cfg.MapRefresh = 100 * time.Millisecond }) // shard 1: h1,h2,h3
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.Host("h2").AddLearnerForTest(ctx, 1, "h4"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Host("h2").RemoveMemberForTest(ctx, 1, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the map to drop h1 from shard 1", func() bool {
+		s, _ := c.Host("h2").Map().ByID(1)
+		return !slices.Contains(s.Members, "h1")
+	})
+	// Several rounds of the reconciler later, h1 keeps no member of it.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if c.Host("h1").Server(1) != nil && c.Host("h1").Server(1).Node().Leader() == 0 {
+			t.Fatal("h1 started a member of a shard that removed it")
+		}
+		<-time.After(20 * time.Millisecond) // sampling pace over the window
+	}
+	r, err := c.Client("h1").Get(ctx, "k")
+	if err != nil {
+		t.Fatalf("a read of shard 1 through h1: %v %v", r, err)
+	}
+}
