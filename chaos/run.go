@@ -546,11 +546,21 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		dumpGoroutines(c)
 	}
 	healedAt := rec.now()
-	if o.Shards > 0 {
-		// The balancer hands shard leaderships back after healing; leases
-		// of a shard that changed leader get a fresh TTL then.
+	{
+		// Leadership may still change after the heal: a membership change
+		// or transfer under way finishes, or (sharded) the balancer hands
+		// shard leaderships back. A new leader gives its leases a full
+		// TTL, so lease bounds count from the last change.
 		sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-		last, err := waitShardsSettled(sctx, c.client(0), rec.now)
+		var all []string
+		for i := range o.Nodes {
+			all = append(all, c.client(i))
+		}
+		view := groupLeaders(all)
+		if o.Shards > 0 {
+			view = shardLeaders(c.client(0))
+		}
+		last, err := waitLeadershipSettled(sctx, view, rec.now)
 		scancel()
 		if err != nil {
 			o.Logf("after healing: %v; lease bounds counted from the last change seen", err)

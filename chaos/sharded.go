@@ -132,45 +132,81 @@ func waitShardsLed(ctx context.Context, clientAddrs []string) error {
 	}
 }
 
-// waitShardsSettled waits, after healing, until shard leadership has not
-// changed for settledFor: the hosts' balancer hands leaderships back to a
-// host that was down or cut off (one a second per host), and each handover
-// is a leader change after which a shard's leases get a fresh full TTL, as
-// after any election. A lease's liveness bound is counted from the last of
-// those changes, which this returns; it gives up (returning the last change
-// it saw) at ctx's deadline.
-func waitShardsSettled(ctx context.Context, clientAddr string, now func() int64) (lastChange int64, err error) {
-	cli, err := newClient([]string{clientAddr})
-	if err != nil {
-		return now(), err
+// leadershipView reports who leads what, as one comparable string per
+// group (leader and term), or an error when it cannot tell now.
+type leadershipView func(ctx context.Context) (map[uint64]string, error)
+
+// shardLeaders is the view of a sharded cluster: every shard's leader and
+// term as one host lists them.
+func shardLeaders(clientAddr string) leadershipView {
+	return func(ctx context.Context) (map[uint64]string, error) {
+		cli, err := newClient([]string{clientAddr})
+		if err != nil {
+			return nil, err
+		}
+		defer cli.Close()
+		l, err := listShards(ctx, cli)
+		if err != nil {
+			return nil, err
+		}
+		cur := map[uint64]string{}
+		for _, s := range l.Shards {
+			cur[s.ID] = fmt.Sprintf("%s@%d", s.Leader, s.Term)
+		}
+		return cur, nil
 	}
-	defer cli.Close()
+}
+
+// groupLeaders is the view of one group: the leader and term the first
+// member to answer reports.
+func groupLeaders(clientAddrs []string) leadershipView {
+	return func(ctx context.Context) (map[uint64]string, error) {
+		var last error
+		for _, a := range clientAddrs {
+			cli, err := newClient([]string{a})
+			if err != nil {
+				last = err
+				continue
+			}
+			st, err := cli.Status(ctx, a)
+			cli.Close()
+			if err != nil {
+				last = err
+				continue
+			}
+			return map[uint64]string{0: fmt.Sprintf("%x@%d", st.Leader, st.RaftTerm)}, nil
+		}
+		return nil, last
+	}
+}
+
+// waitLeadershipSettled waits, after healing, until the view has not
+// changed for settledFor: a membership change or transfer under way ends,
+// or the hosts' balancer hands shard leaderships back to a host that was
+// down or cut off (one a second per host), and each such change is a new
+// leader, after which the group's leases get a fresh full TTL as after any
+// election. A lease's liveness bound is counted from the last change, which
+// this returns; it gives up (returning the last change it saw) at ctx's
+// deadline.
+func waitLeadershipSettled(ctx context.Context, view leadershipView, now func() int64) (lastChange int64, err error) {
 	const settledFor = 3 * time.Second
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	lastChange = now()
 	var leaders map[uint64]string
 	for {
-		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		l, err := listShards(lctx, cli)
+		vctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		cur, err := view(vctx)
 		cancel()
-		if err == nil {
-			cur := map[uint64]string{}
-			for _, s := range l.Shards {
-				// The term too: a shard re-elects the same leader after a
-				// handover that did not take, and its leases restart then.
-				cur[s.ID] = fmt.Sprintf("%s@%d", s.Leader, s.Term)
-			}
-			if !maps.Equal(cur, leaders) {
-				leaders, lastChange = cur, now()
-			}
+		if err == nil && !maps.Equal(cur, leaders) {
+			leaders, lastChange = cur, now()
 		}
 		if time.Duration(now()-lastChange) >= settledFor {
 			return lastChange, nil
 		}
 		select {
 		case <-ctx.Done():
-			return lastChange, fmt.Errorf("shard leadership still changing: %w", ctx.Err())
+			return lastChange, fmt.Errorf("leadership still changing: %w", ctx.Err())
 		case <-tick.C:
 		}
 	}
