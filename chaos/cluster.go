@@ -115,10 +115,21 @@ type procCluster struct {
 // takes its local port from that range and could otherwise hold a member's
 // port when the member starts again ("address already in use"), and so
 // could any test that listens on port 0.
+//
+// A port is handed out once per process: members of one run (and of runs
+// side by side in one test binary) never draw the same one, which the
+// check by listening cannot see once the first is released.
 func freePort() (string, error) {
 	low := ephemeralLow()
 	for range 100 {
 		port := 10000 + rand.IntN(low-10000)
+		portsMu.Lock()
+		taken := portsGiven[port]
+		portsGiven[port] = true
+		portsMu.Unlock()
+		if taken {
+			continue
+		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue // taken: draw another
@@ -134,6 +145,12 @@ func freePort() (string, error) {
 	defer ln.Close()
 	return ln.Addr().String(), nil
 }
+
+// portsGiven are the ports freePort handed out in this process.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux's
 // default 32768 where it cannot be read, or where it leaves too little room
