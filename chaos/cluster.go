@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +19,7 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ballotdb/ballot/internal/freeport"
 	"github.com/ballotdb/ballot/server"
 )
 
@@ -108,68 +107,9 @@ type procCluster struct {
 	joining []bool
 }
 
-// freePort picks a port for a member to listen on for the whole run. It
-// must stay free while the member is down between a kill and its restart,
-// so it is drawn from below the kernel's ephemeral range: an outgoing
-// connection (of this rig, its members or anything else on the machine)
-// takes its local port from that range and could otherwise hold a member's
-// port when the member starts again ("address already in use"), and so
-// could any test that listens on port 0.
-//
-// A port is handed out once per process: members of one run (and of runs
-// side by side in one test binary) never draw the same one, which the
-// check by listening cannot see once the first is released.
-func freePort() (string, error) {
-	low := ephemeralLow()
-	for range 100 {
-		port := 10000 + rand.IntN(low-10000)
-		portsMu.Lock()
-		taken := portsGiven[port]
-		portsGiven[port] = true
-		portsMu.Unlock()
-		if taken {
-			continue
-		}
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue // taken: draw another
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		return addr, nil
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-// portsGiven are the ports freePort handed out in this process.
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[int]bool{}
-)
-
-// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
-// default 32768 where it cannot be read, or where it leaves too little room
-// below it).
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 32768
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 32768
-	}
-	low, err := strconv.Atoi(f[0])
-	if err != nil || low < 12000 {
-		return 32768
-	}
-	return low
-}
+// freePort picks a port for a member to listen on for the whole run (see
+// internal/freeport: it must stay free while the member is down).
+func freePort() (string, error) { return freeport.Pick("127.0.0.1") }
 
 // newProcCluster starts n members. With disks, each member's data
 // directory is on its own loop-mounted file system (for the disk nemesis).

@@ -23,6 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/ballotdb/ballot/internal/freeport"
 	"github.com/ballotdb/ballot/web"
 )
 
@@ -131,6 +132,12 @@ func runDev(ctx context.Context, f devFlags) error {
 		return ln, nil
 	}
 	free := func(p int) (string, error) {
+		if p == 0 {
+			// Not the kernel's pick: members keep their ports across
+			// restarts, and the ephemeral range is where a connection
+			// may take a port while its member is down.
+			return freeport.Pick(f.host)
+		}
 		ln, err := reserve(p)
 		if err != nil {
 			return "", err
