@@ -417,12 +417,20 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if has(WorkloadElection) {
 		electionW = &electionWorkload{registerKey: ks.electionReg, sharded: o.Shards > 0}
 	}
+	// pinned is a client of member i alone (faults show, no failover),
+	// closed at the end with the others.
+	pinned := func(i int) (*clientv3.Client, error) {
+		cl, err := newClient([]string{c.client(i)})
+		if err == nil {
+			clients = append(clients, cl)
+		}
+		return cl, err
+	}
 	for i := range o.Nodes {
-		cli, err := newClient([]string{c.client(i)})
+		cli, err := pinned(i)
 		if err != nil {
 			return nil, err
 		}
-		clients = append(clients, cli)
 		if has(WorkloadWatch) {
 			w := &watchRecorder{member: i, prefix: ks.watch}
 			watchers = append(watchers, w)
@@ -430,48 +438,43 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			go func() { defer wwg.Done(); w.run(wctx, cli) }()
 		}
 		if has(WorkloadSet) {
-			sc, err := newClient([]string{c.client(i)})
+			sc, err := pinned(i)
 			if err != nil {
 				return nil, err
 			}
-			clients = append(clients, sc)
 			wg.Add(1)
 			go func() { defer wg.Done(); set.run(runCtx, 1000+i, sc, opTimeout) }()
 		}
 		if lockW != nil {
-			kc, err := newClient([]string{c.client(i)})
+			kc, err := pinned(i)
 			if err != nil {
 				return nil, err
 			}
-			clients = append(clients, kc)
 			wg.Add(1)
 			go func() { defer wg.Done(); lockW.holder(runCtx, kc, opTimeout) }()
 		}
 		if bankW != nil {
-			bc, err := newClient([]string{c.client(i)}) // pinned: faults show
+			bc, err := pinned(i) // pinned: faults show
 			if err != nil {
 				return nil, err
 			}
-			clients = append(clients, bc)
 			brng := rand.New(rand.NewPCG(o.Seed, uint64(3000+i)))
 			wg.Add(1)
 			go func() { defer wg.Done(); bankW.member(runCtx, i, o.Nodes, bc, brng, opTimeout) }()
 		}
 		if electionW != nil {
-			ec, err := newClient([]string{c.client(i)})
+			ec, err := pinned(i)
 			if err != nil {
 				return nil, err
 			}
-			clients = append(clients, ec)
 			ewg.Add(1)
 			go func() { defer ewg.Done(); electionW.candidate(electionCtx, i, ec, opTimeout) }()
 		}
 		if lw != nil {
-			lc, err := newClient([]string{c.client(i)}) // pinned: faults show
+			lc, err := pinned(i) // pinned: faults show
 			if err != nil {
 				return nil, err
 			}
-			clients = append(clients, lc)
 			lrng := rand.New(rand.NewPCG(o.Seed, uint64(2000+i)))
 			lwg.Add(1)
 			go func() { defer lwg.Done(); lw.holder(runCtx, leaseCtx, i, i, lc, lrng, opTimeout) }()
@@ -552,13 +555,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		// shard leaderships back. A new leader gives its leases a full
 		// TTL, so lease bounds count from the last change.
 		sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-		var all []string
+		var members []*clientv3.Client
 		for i := range o.Nodes {
-			all = append(all, c.client(i))
+			if cl, err := pinned(i); err == nil {
+				members = append(members, cl)
+			}
 		}
-		view := groupLeaders(all)
-		if o.Shards > 0 {
-			view = shardLeaders(c.client(0))
+		view := groupLeaders(members)
+		if o.Shards > 0 && len(members) > 0 {
+			view = shardLeaders(members[0])
 		}
 		last, err := waitLeadershipSettled(sctx, view, rec.now)
 		scancel()

@@ -137,14 +137,9 @@ func waitShardsLed(ctx context.Context, clientAddrs []string) error {
 type leadershipView func(ctx context.Context) (map[uint64]string, error)
 
 // shardLeaders is the view of a sharded cluster: every shard's leader and
-// term as one host lists them.
-func shardLeaders(clientAddr string) leadershipView {
+// term as one host (cli's) lists them.
+func shardLeaders(cli *clientv3.Client) leadershipView {
 	return func(ctx context.Context) (map[uint64]string, error) {
-		cli, err := newClient([]string{clientAddr})
-		if err != nil {
-			return nil, err
-		}
-		defer cli.Close()
 		l, err := listShards(ctx, cli)
 		if err != nil {
 			return nil, err
@@ -158,18 +153,12 @@ func shardLeaders(clientAddr string) leadershipView {
 }
 
 // groupLeaders is the view of one group: the leader and term the first
-// member to answer reports.
-func groupLeaders(clientAddrs []string) leadershipView {
+// member to answer reports (clis: one client per member).
+func groupLeaders(clis []*clientv3.Client) leadershipView {
 	return func(ctx context.Context) (map[uint64]string, error) {
 		var last error
-		for _, a := range clientAddrs {
-			cli, err := newClient([]string{a})
-			if err != nil {
-				last = err
-				continue
-			}
-			st, err := cli.Status(ctx, a)
-			cli.Close()
+		for _, cli := range clis {
+			st, err := cli.Status(ctx, cli.Endpoints()[0])
 			if err != nil {
 				last = err
 				continue
