@@ -106,8 +106,10 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 	}
 	// A shard refuses to split while it holds cross-shard transaction
 	// state (locks, votes, records): wait for a moment without any, as
-	// long as ctx allows, under the one child ID allocated above.
-	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 200*time.Millisecond) {
+	// long as ctx allows, under the one child ID allocated above. The
+	// pause between tries stays short: under steady cross-shard load such
+	// moments are brief.
+	for backoff := 5 * time.Millisecond; ; backoff = min(2*backoff, 20*time.Millisecond) {
 		err := srv.Split(ctx, server.SplitRequest{Child: child, Key: key, Members: members})
 		if err == nil {
 			break
