@@ -409,10 +409,13 @@ func TestSplitAgainIsDone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	h := c.Host(c.Names()[0])
-	m1, err := h.Split(ctx, 1, []byte("m/"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var m1 shard.Map
+	var err error
+	// The meta group writes the first map just after it elects a leader.
+	waitFor(t, 20*time.Second, "the first split", func() bool {
+		m1, err = h.Split(ctx, 1, []byte("m/"))
+		return err == nil
+	})
 	m2, err := h.Split(ctx, 1, []byte("m/"))
 	if err != nil {
 		t.Fatalf("the same split again: %v", err)
