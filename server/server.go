@@ -209,9 +209,9 @@ type Server struct {
 
 	mconns memberConns // to other members: forwarding, consistency checks
 
-	shardRange atomic.Pointer[[2][]byte] // the shard's [start, end): see split.go
-	txn        txnIndex                  // cross-shard transactions' state: see txn.go
-	maint      maintState                // data size, quota and consistency check: see quota.go, corrupt.go
+	shardRange atomic.Pointer[keyRange] // the shard's [start, end): see split.go
+	txn        txnIndex                 // cross-shard transactions' state: see txn.go
+	maint      maintState               // data size, quota and consistency check: see quota.go, corrupt.go
 
 	stopOnce sync.Once
 	stopc    chan struct{}

@@ -17,10 +17,23 @@ import (
 type ShardConfig struct {
 	// ID names the shard (1, 2, …).
 	ID uint64
-	// Start and End bound the shard's keys when it starts from nothing;
-	// an empty End means "to the end of the keyspace". Once the shard has
-	// split, its replicated range (see split.go) wins.
+	// Start and End bound the shard's keys at the start of its log (index
+	// 1): an initial shard's range, whatever it has become since. An
+	// empty End means "to the end of the keyspace". Once the shard has
+	// split, the range in its replicated state (see split.go) wins.
+	//
+	// They must not be the shard's current range: a member that catches
+	// up by replaying the log from its start (a move's new member, when
+	// the leader has not compacted) applies the writes from before a
+	// split with the range the shard had then, or it refuses them as
+	// "wrong shard", counts revisions differently from the other members
+	// and, once it leads, hands out revisions the shard has already used.
 	Start, End []byte
+	// FromSnapshot says that the shard's log does not start at index 1
+	// but from a snapshot that holds its range (a split's child): Start
+	// and End are ignored, and a member without that state yet (one
+	// started empty, to be sent it) keeps no key at all until it has it.
+	FromSnapshot bool
 	// OnSplit is told, on the apply goroutine, when this shard applied a
 	// split: the host starts its member of the new shard from the state
 	// given. It must not block.
@@ -48,6 +61,9 @@ func IsWrongShard(err error) bool {
 func (s *Server) owns(key, end []byte) bool {
 	if s.cfg.Shard == nil {
 		return true
+	}
+	if !s.rangeKnown() {
+		return false
 	}
 	start, shardEnd := s.Range()
 	if bytes.Compare(key, start) < 0 {

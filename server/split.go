@@ -75,25 +75,43 @@ type SplitState struct {
 	Store *kv.Store
 }
 
+// keyRange is a shard's range as its member knows it.
+type keyRange struct {
+	start, end []byte
+	// unknown: the member has no state yet (ShardConfig.FromSnapshot)
+	// and keeps no key.
+	unknown bool
+}
+
 // Range returns the shard's current key range (nil, nil when the server
-// keeps the whole keyspace).
+// keeps the whole keyspace, or has no state yet: see rangeKnown).
 func (s *Server) Range() (start, end []byte) {
 	r := s.shardRange.Load()
 	if r == nil {
 		return nil, nil
 	}
-	return r[0], r[1]
+	return r.start, r.end
 }
 
-// loadRange reads the range from the store's metadata, or the config's
-// if the store has none (a shard that never split).
+// rangeKnown reports whether the member knows its shard's range; one that
+// does not keeps no key.
+func (s *Server) rangeKnown() bool {
+	r := s.shardRange.Load()
+	return r != nil && !r.unknown
+}
+
+// loadRange reads the range from the store's metadata or, if the store
+// has none, the range the shard's log started with (ShardConfig): a shard
+// that never split, or a member replaying the log from its start, before
+// the split entry that narrows it.
 func (s *Server) loadRange() {
 	if s.cfg.Shard == nil {
 		return
 	}
-	r := [2][]byte{s.cfg.Shard.Start, s.cfg.Shard.End}
+	r := keyRange{start: s.cfg.Shard.Start, end: s.cfg.Shard.End, unknown: s.cfg.Shard.FromSnapshot}
 	if b := s.store.Meta(metaShardRange); b != nil {
-		r = decodeRange(b)
+		d := decodeRange(b)
+		r = keyRange{start: d[0], end: d[1]}
 	}
 	s.shardRange.Store(&r)
 }
@@ -171,6 +189,9 @@ func (s *Server) applySplit(index uint64, req SplitRequest) error {
 	}
 	if s.HasTxnState() {
 		return ErrGRPCSplitBusy
+	}
+	if !s.rangeKnown() {
+		return ErrGRPCSplitRefused
 	}
 	start, end := s.Range()
 	if bytes.Compare(req.Key, start) <= 0 || (len(end) > 0 && bytes.Compare(req.Key, end) >= 0) || req.Child == 0 {

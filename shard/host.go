@@ -372,7 +372,8 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 	// Join is ignored when the directory holds a seed, and keeps a member
 	// whose seed was cut short by a crash from bootstrapping a new, empty
 	// group of its own.
-	if _, initial := h.initial.ByID(id); id != MetaGroup && !initial {
+	first, isInitial := h.initial.ByID(id)
+	if id != MetaGroup && !isInitial {
 		join = true
 	}
 	dir := h.groupDir(id)
@@ -387,9 +388,12 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 	}
 	var sc *server.ShardConfig
 	if s != nil {
+		// The range the shard's log starts with, not the map's current
+		// one (see server.ShardConfig): an initial shard's first range;
+		// any other shard's log starts from a seed that holds its range.
 		sid := s.ID
-		sc = &server.ShardConfig{ID: s.ID, Start: s.Start, End: s.End, OnSplit: h.onSplit,
-			OnLeaseRevoked: func(lease int64) { h.leaseRevoked(sid, lease) }}
+		sc = &server.ShardConfig{ID: s.ID, Start: first.Start, End: first.End, FromSnapshot: !isInitial,
+			OnSplit: h.onSplit, OnLeaseRevoked: func(lease int64) { h.leaseRevoked(sid, lease) }}
 	}
 	cid := h.groupClusterID(id)
 	lis := bufconn.Listen(memBuffer)

@@ -165,3 +165,56 @@ func TestRemovedHostLeavesTheMap(t *testing.T) {
 		t.Fatalf("a read of shard 1 through h1: %v %v", r, err)
 	}
 }
+
+// TestMoveAfterSplitReplaysTheLog: a member added to a shard that split
+// before it came (a move), catching up by the log from its start rather
+// than from a snapshot, applies the writes from before the split with the
+// range the shard had then. It used to start with the map's current,
+// narrower range, refuse those writes as "wrong shard" and so count
+// revisions differently from the other members: a chaos run saw a write
+// acknowledged at a revision the shard's history does not have, and a
+// fencing token smaller than an earlier one, once the new member led.
+func TestMoveAfterSplitReplaysTheLog(t *testing.T) {
+	c := shardtest.New(t, 4, 2) // shard 1: ["", "\x80") on h1,h2,h3
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cli := c.Client("h2")
+	for i := range 5 {
+		for _, k := range []string{"a/x", "m/x"} {
+			if _, err := cli.Put(ctx, k, fmt.Sprint(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, 10*time.Second, "the meta group's first map", func() bool { return c.Host("h2").Map().Version > 0 })
+	if _, err := c.Host("h2").Split(ctx, 1, []byte("m/")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "a/y", "after"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Host("h2").Move(ctx, 1, "h1", "h4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "a/z", "after the move"); err != nil {
+		t.Fatal(err)
+	}
+	// Every member of shard 1 applies the same log to the same state.
+	var want uint64
+	for _, name := range []string{"h2", "h3", "h4"} {
+		waitFor(t, 10*time.Second, name+"'s member of shard 1", func() bool { return c.Host(name).Server(1) != nil })
+		want = max(want, c.Host(name).Server(1).Node().Status().Commit)
+	}
+	stats := map[string]string{}
+	for _, name := range []string{"h2", "h3", "h4"} {
+		srv := c.Host(name).Server(1)
+		waitFor(t, 10*time.Second, name+" to apply shard 1's log", func() bool { return srv.Node().Applied() >= want })
+		st := srv.StoreStats()
+		stats[name] = fmt.Sprintf("revision %d, %d keys, %d history entries", st.Revision, st.Keys, st.Entries)
+	}
+	if stats["h4"] != stats["h2"] || stats["h3"] != stats["h2"] {
+		t.Fatalf("the members of shard 1 disagree: %v", stats)
+	}
+	t.Logf("shard 1's members agree: %s", stats["h2"])
+}
