@@ -220,6 +220,23 @@ func (c *procCluster) client(i int) string { return c.clientAddr[i] }
 
 func name(i int) string { return fmt.Sprintf("n%d", i+1) }
 
+// UnsafeCorruptPuts is the broken build whose first member alone applies
+// every put with its value changed (the replica check's proof that it
+// bites); every other unsafe build is every member's.
+const UnsafeCorruptPuts = "corrupt-puts"
+
+// unsafeArgs returns member i's --unsafe-* flags.
+func unsafeArgs(unsafe []string, i int) []string {
+	var args []string
+	for _, u := range unsafe {
+		if u == UnsafeCorruptPuts && i != 0 {
+			continue
+		}
+		args = append(args, "--unsafe-"+u)
+	}
+	return args
+}
+
 // start starts member i (again) on its data directory.
 func (c *procCluster) start(i int) error {
 	c.mu.Lock()
@@ -259,9 +276,7 @@ func (c *procCluster) start(i int) error {
 		args = append(args, "--initial-cluster-state", "existing")
 	}
 	c.mu.Unlock()
-	for _, u := range c.unsafe {
-		args = append(args, "--unsafe-"+u)
-	}
+	args = append(args, unsafeArgs(c.unsafe, i)...)
 	lf, err := os.OpenFile(filepath.Join(c.dir, name(i)+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err

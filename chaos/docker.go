@@ -121,9 +121,7 @@ func newDockerCluster(bin, dir string, n int, tick time.Duration, unsafe, extra 
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", "chaos",
 			"--tick", tick.String(), "--snapshot-count", "2000"}
 		args = append(args, extra...)
-		for _, u := range unsafe {
-			args = append(args, "--unsafe-"+u)
-		}
+		args = append(args, unsafeArgs(unsafe, i)...)
 		if _, err := dockerCmd(args...); err != nil {
 			c.close()
 			return nil, err

@@ -94,6 +94,7 @@ type Report struct {
 	Lock                       string   // the lock workload's summary line, if it ran
 	Election                   string   // the election workload's summary line, if it ran
 	Bank                       string   // the bank workload's summary line, if it ran
+	Replicas                   string   // the replica check's line
 	Skipped                    []string // nemeses that could not run here, and why
 	Faults                     map[string]int
 	Schedule                   []string
@@ -131,6 +132,9 @@ func (r *Report) Summary() string {
 	if r.Bank != "" {
 		fmt.Fprintln(&b, r.Bank)
 	}
+	if r.Replicas != "" {
+		fmt.Fprintln(&b, r.Replicas)
+	}
 	if r.NoSpace > 0 {
 		fmt.Fprintf(&b, "disk full: %d client calls refused with \"database space exceeded\"\n", r.NoSpace)
 	}
@@ -145,7 +149,7 @@ func (r *Report) Summary() string {
 	}
 	fmt.Fprintf(&b, "faults: %s\n", strings.Join(fs, ", "))
 	if len(r.Violations) == 0 {
-		fmt.Fprintf(&b, "check: linearizable, no acknowledged write lost, watches complete, leases expire when and only when abandoned, no unexpected exit: 0 violations\n")
+		fmt.Fprintf(&b, "check: linearizable, no acknowledged write lost, watches complete, leases expire when and only when abandoned, replicas agree, no unexpected exit: 0 violations\n")
 	} else {
 		fmt.Fprintf(&b, "check: %d violations\n", len(r.Violations))
 		for _, v := range r.Violations {
@@ -221,8 +225,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return nil, fmt.Errorf("chaos: --shards %d: serve starts at most 256", o.Shards)
 		case o.Containers:
 			return nil, errors.New("chaos: --shards runs on processes only (the container rig does not start sharded hosts yet)")
-		case len(o.Unsafe) > 0:
-			return nil, errors.New("chaos: --unsafe builds are single-group only (serve --shards refuses the --unsafe-* flags)")
+		case len(o.Unsafe) > 0 && !slices.Equal(o.Unsafe, []string{UnsafeCorruptPuts}):
+			return nil, errors.New("chaos: --unsafe builds but corrupt-puts are single-group only (serve --shards refuses the other --unsafe-* flags)")
 		}
 		ks = shardedKeyspace
 	} else {
@@ -697,6 +701,24 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if finalState != nil && len(watchers) > 0 {
 		rep.Violations = append(rep.Violations, checkWatches(watchers, finalState, finalRev)...)
+	}
+	{
+		// Every group's members hold one state at one applied index.
+		var members []*clientv3.Client
+		for i := range o.Nodes {
+			if cl, err := pinned(i); err == nil {
+				members = append(members, cl)
+			}
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+		groups, err := replicaGroups(rctx, o.Shards > 0, members)
+		if err != nil {
+			rep.Violations = append(rep.Violations, err.Error())
+		} else {
+			v, line := checkReplicas(rctx, groups, 20*time.Second, o.Logf)
+			rep.Violations, rep.Replicas = append(rep.Violations, v...), line
+		}
+		rcancel()
 	}
 	rep.Violations = append(rep.Violations, nm.violationsFound()...)
 	if o.Shards > 0 {

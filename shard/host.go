@@ -417,6 +417,7 @@ func (h *Host) startGroupLocked(ctx context.Context, id uint64, s *Shard, join b
 	}
 	if id == MetaGroup {
 		scfg.Observe = h.cfg.MetaObserve
+		scfg.Unsafe.CorruptPuts = false // the map stays readable: the shards diverge
 	}
 	srv, err := server.Start(ctx, scfg)
 	if err != nil {

@@ -103,7 +103,7 @@ are skipped loudly.`,
 	fl.IntVar(&o.Clients, "clients", 0, "register clients (default 2 per member)")
 	fl.StringVar(&o.Dir, "dir", "", "keep data, logs and evidence here (default: a temporary directory, kept only on failure)")
 	fl.StringVar(&workloads, "workload", strings.Join(chaos.AllWorkloads, ","), "workloads to run: "+strings.Join(chaos.AllWorkloads, ","))
-	fl.StringVar(&unsafe, "unsafe", "", "BROKEN ON PURPOSE: stale-reads,early-ack,lease-early-expiry (to see the checkers bite)")
+	fl.StringVar(&unsafe, "unsafe", "", "BROKEN ON PURPOSE: stale-reads,early-ack,lease-early-expiry,corrupt-puts (to see the checkers bite)")
 	fl.BoolVarP(&verbose, "verbose", "v", false, "print the nemesis schedule as it happens")
 	fl.DurationVar(&o.CheckTimeout, "check-timeout", 2*time.Minute, "bound on the linearizability check (a check that runs out of time is a failure)")
 	fl.StringVar(&o.Engine, "engine", "raft", "the members' consensus engine: raft or paxos")

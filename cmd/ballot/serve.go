@@ -45,6 +45,7 @@ type serveFlags struct {
 	unsafeStale     bool
 	unsafeEarlyAck  bool
 	unsafeLease     bool
+	unsafeCorrupt   bool
 	clientTLS       server.TLSConfig
 	dashboard       dashboardFlags
 	quotaBytes      int64
@@ -105,7 +106,9 @@ command line wins over the environment, which wins over the file.`,
 	fl.BoolVar(&f.unsafeLease, "unsafe-lease-early-expiry", false, "BROKEN ON PURPOSE: expire leases at half their TTL (for the chaos rig's self-test)")
 	_ = fl.MarkHidden("unsafe-stale-reads")
 	_ = fl.MarkHidden("unsafe-early-ack")
+	fl.BoolVar(&f.unsafeCorrupt, "unsafe-corrupt-puts", false, "BROKEN ON PURPOSE: apply every put with its value changed on this member alone (for the chaos rig's replica check)")
 	_ = fl.MarkHidden("unsafe-lease-early-expiry")
+	_ = fl.MarkHidden("unsafe-corrupt-puts")
 	_ = fl.MarkHidden("unsafe-peer-routes")
 	return cmd
 }
@@ -252,7 +255,7 @@ func runServe(ctx context.Context, f serveFlags) error {
 		TickInterval: f.tick, ElectionTicks: f.electionTicks, SnapshotEntries: f.snapshotCount,
 		Logger: log, Clock: serveClock(f.dataDir, log), TLS: clientTLS, Observe: mon.observe(),
 		QuotaBackendBytes: f.quotaBytes, CorruptCheckTime: cmp.Or(f.corruptCheck, -1), // flag 0: never
-		Unsafe: server.UnsafeKnobs{StaleReads: f.unsafeStale, EarlyAck: f.unsafeEarlyAck, LeaseEarlyExpiry: f.unsafeLease},
+		Unsafe: server.UnsafeKnobs{StaleReads: f.unsafeStale, EarlyAck: f.unsafeEarlyAck, LeaseEarlyExpiry: f.unsafeLease, CorruptPuts: f.unsafeCorrupt},
 	})
 	if err != nil {
 		pl.Close()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ballotdb/ballot/node"
+	"github.com/ballotdb/ballot/server"
 	"github.com/ballotdb/ballot/shard"
 )
 
@@ -34,7 +35,7 @@ func runShardHost(ctx context.Context, f serveFlags, log *slog.Logger, initial m
 		return errors.New("serve --shards: client TLS is not supported in sharded mode yet")
 	case f.unsafeStale || f.unsafeEarlyAck || f.unsafeLease || f.peerRoutes != "":
 		closeAll()
-		return errors.New("serve --shards: the --unsafe-* testing flags are for single-group mode")
+		return errors.New("serve --shards: the --unsafe-* testing flags but --unsafe-corrupt-puts are for single-group mode")
 	case f.shards > 256:
 		closeAll()
 		return fmt.Errorf("serve --shards %d: at most 256 at start", f.shards)
@@ -44,7 +45,7 @@ func runShardHost(ctx context.Context, f serveFlags, log *slog.Logger, initial m
 		Engine: node.EngineKind(f.engine), DataDir: f.dataDir, ClientListener: cl, PeerListener: pl,
 		AdvertiseClientURLs: splitList(f.advertiseClient),
 		TickInterval:        f.tick, ElectionTicks: f.electionTicks, SnapshotEntries: f.snapshotCount,
-		Logger: log, MetaObserve: mon.observe(),
+		Logger: log, MetaObserve: mon.observe(), Unsafe: server.UnsafeKnobs{CorruptPuts: f.unsafeCorrupt},
 	})
 	if err != nil {
 		return err
