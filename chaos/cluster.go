@@ -325,7 +325,7 @@ func (c *procCluster) replace(ctx context.Context, i int) error {
 	c.expectExit[i] = true
 	done := c.exited[i]
 	c.mu.Unlock()
-	if _, err := cli.MemberRemove(ctx, id); err != nil {
+	if _, err := cli.MemberRemove(ctx, id); err != nil && !removedAfterAll(ctx, cli, name(i), done) {
 		c.mu.Lock()
 		c.expectExit[i] = false
 		c.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -53,6 +54,33 @@ func memberIDByName(ctx context.Context, cli *clientv3.Client, name string) (uin
 		}
 	}
 	return 0, fmt.Errorf("chaos: no member named %s", name)
+}
+
+// removedAfterAll reports whether a removal whose call failed went through
+// all the same: the answer is lost when the member that answered is the
+// one removed and stops (a Paxos run saw "removing n1 refused" for a
+// removal that had committed, then n1's exit as a violation). It waits a
+// few seconds for the member to exit or to leave the member list.
+func removedAfterAll(ctx context.Context, cli *clientv3.Client, member string, exited <-chan struct{}) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := cli.MemberList(lctx)
+		lcancel()
+		if err == nil && !slices.ContainsFunc(resp.Members, func(m *etcdserverpb.Member) bool { return m.Name == member }) {
+			return true
+		}
+		select {
+		case <-exited:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
 }
 
 // promoteWhenReady promotes a learner, retrying while it catches up.
