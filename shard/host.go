@@ -75,6 +75,12 @@ type Config struct {
 	// keeps grows past this many bytes (its leader's host decides, one
 	// split per MapRefresh). 0 means DefaultSplitBytes; negative, never.
 	SplitBytes int64
+	// SplitLoad splits a shard, at its middle key, once its log has grown
+	// by more than this many entries a second (writes, through its
+	// leader) for splitLoadRounds rounds of MapRefresh in a row. 0 means
+	// never: a split by load trades one group's ordering for two, which
+	// an operator should choose.
+	SplitLoad float64
 	// SyncPerGroup gives every group's WAL its own fsync. By default the
 	// groups of a host share a group commit (vfs.SharedSync: one file-
 	// system flush covers the writes of every group waiting for one),
@@ -144,6 +150,8 @@ type group struct {
 	// to be removed by a move); inflight counts unary calls under way.
 	drained  atomic.Bool
 	inflight atomic.Int64
+	// load is the split-by-load meter (split.go); autoSplit alone uses it.
+	load loadMeter
 }
 
 // memBuffer is the in-memory connection's buffer per direction: small, as

@@ -136,32 +136,72 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 }
 
 // autoSplit splits, at its middle key, one shard this host leads whose
-// data has grown past Config.SplitBytes.
+// data has grown past Config.SplitBytes, or whose log has grown faster
+// than Config.SplitLoad entries a second for splitLoadRounds rounds.
 func (h *Host) autoSplit(ctx context.Context) {
 	limit := cmp.Or(h.cfg.SplitBytes, DefaultSplitBytes)
-	if limit < 0 {
-		return
-	}
 	self := consensus.NodeID(h.MemberID())
+	now := time.Now()
 	for _, g := range h.groups() {
 		if g.id == MetaGroup || g.srv.Node().Leader() != self {
+			g.load = loadMeter{}
 			continue
 		}
-		st, err := pb.NewMaintenanceClient(g.conn).Status(ctx, &pb.StatusRequest{})
-		if err != nil || st.DbSize <= limit {
+		why := ""
+		if hot, rate := g.load.observe(now, g.srv.Node().Status().Commit, h.cfg.SplitLoad); hot {
+			why = fmt.Sprintf("%.0f writes/s for %d rounds (limit %.0f)", rate, splitLoadRounds, h.cfg.SplitLoad)
+		}
+		if why == "" && limit >= 0 {
+			st, err := pb.NewMaintenanceClient(g.conn).Status(ctx, &pb.StatusRequest{})
+			if err == nil && st.DbSize > limit {
+				why = fmt.Sprintf("%d bytes (limit %d)", st.DbSize, limit)
+			}
+		}
+		if why == "" {
 			continue
 		}
 		key, err := h.middleKey(ctx, g)
 		if err != nil || key == nil {
-			h.log.Debug("shard too large but no key to split at", "shard", g.id, "bytes", st.DbSize, "err", err)
+			h.log.Debug("shard to split but no key to split at", "shard", g.id, "why", why, "err", err)
 			continue
 		}
-		h.log.Info("splitting a large shard", "shard", g.id, "bytes", st.DbSize, "limit", limit, "at", fmt.Sprintf("%q", key))
+		h.log.Info("splitting a shard", "shard", g.id, "why", why, "at", fmt.Sprintf("%q", key))
 		if _, err := h.Split(ctx, g.id, key); err != nil {
 			h.log.Warn("automatic split failed", "shard", g.id, "err", err)
 		}
+		g.load = loadMeter{}
 		return // one split per round
 	}
+}
+
+// splitLoadRounds is how many rounds in a row a shard must be over
+// Config.SplitLoad before it splits: a burst is not a load.
+const splitLoadRounds = 5
+
+// loadMeter measures a led shard's log growth between rounds.
+type loadMeter struct {
+	at     time.Time
+	commit uint64
+	hot    int // rounds in a row over the limit
+}
+
+// observe takes the shard's commit index now and reports whether it has
+// been over limit entries a second for splitLoadRounds rounds, and the
+// last round's rate.
+func (m *loadMeter) observe(now time.Time, commit uint64, limit float64) (bool, float64) {
+	prev, prevCommit := m.at, m.commit
+	m.at, m.commit = now, commit
+	if limit <= 0 || prev.IsZero() || commit < prevCommit || !now.After(prev) {
+		m.hot = 0
+		return false, 0
+	}
+	rate := float64(commit-prevCommit) / now.Sub(prev).Seconds()
+	if rate <= limit {
+		m.hot = 0
+		return false, rate
+	}
+	m.hot++
+	return m.hot >= splitLoadRounds, rate
 }
 
 // middleKey returns the key half way through shard g's keys, moved back

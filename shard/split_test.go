@@ -427,3 +427,29 @@ func TestSplitAgainIsDone(t *testing.T) {
 		t.Fatalf("a split of shard 1 at a key it no longer keeps: %v, want ErrBadSplit", err)
 	}
 }
+
+// TestAutoSplitByLoad: a shard whose log grows faster than SplitLoad for
+// several rounds in a row splits at its middle key, while its data is far
+// below SplitBytes.
+func TestAutoSplitByLoad(t *testing.T) {
+	c := shardtest.NewWith(t, 3, 1, func(cfg *shard.Config) {
+		cfg.SplitLoad = 20
+		cfg.MapRefresh = 100 * time.Millisecond
+	})
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cli := c.Client()
+	for i := 0; len(c.Host("h1").Map().Shards) == 1; i++ {
+		if ctx.Err() != nil {
+			t.Fatal("no split by load within a minute of steady writes")
+		}
+		if _, err := cli.Put(ctx, fmt.Sprintf("%s/%d", []string{"orders", "users"}[i%2], i%10), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := c.Host("h1").Map()
+	if len(m.Shards) != 2 || string(m.Shards[1].Start) != "users/" {
+		t.Fatalf("split by load: %+v; want two shards, the second from \"users/\"", m.Shards)
+	}
+}

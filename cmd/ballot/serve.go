@@ -51,6 +51,8 @@ type serveFlags struct {
 	quotaBytes      int64
 	corruptCheck    time.Duration
 	shards          int
+	splitBytes      int64
+	splitLoad       float64
 }
 
 func serveCommand() *cobra.Command {
@@ -97,6 +99,8 @@ command line wins over the environment, which wins over the file.`,
 	fl.Int64Var(&f.quotaBytes, "quota-backend-bytes", server.DefaultQuotaBackendBytes, "data size beyond which the NOSPACE alarm is raised and writes are refused (-1: no quota)")
 	fl.DurationVar(&f.corruptCheck, "corrupt-check-time", server.DefaultCorruptCheckTime, "how often the leader compares the members' hashes, raising CORRUPT on a mismatch (0: never)")
 	fl.IntVar(&f.shards, "shards", 0, "sharded mode: a new cluster starts with this many shards, each its own consensus group (0: one group, exact etcd semantics; see docs/sharding.md). Every member must pass the same value")
+	fl.Int64Var(&f.splitBytes, "split-bytes", 0, "sharded mode: split a shard at its middle key once its data passes this many bytes (0: 256 MiB; negative: never)")
+	fl.Float64Var(&f.splitLoad, "split-load", 0, "sharded mode: split a shard at its middle key once its log grows faster than this many entries a second for 5 s (0: never)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.StringVar(&f.configFile, "config", "", "JSON file of flag values")

@@ -45,6 +45,7 @@ func runShardHost(ctx context.Context, f serveFlags, log *slog.Logger, initial m
 		Engine: node.EngineKind(f.engine), DataDir: f.dataDir, ClientListener: cl, PeerListener: pl,
 		AdvertiseClientURLs: splitList(f.advertiseClient),
 		TickInterval:        f.tick, ElectionTicks: f.electionTicks, SnapshotEntries: f.snapshotCount,
+		SplitBytes: f.splitBytes, SplitLoad: f.splitLoad,
 		Logger: log, MetaObserve: mon.observe(), Unsafe: server.UnsafeKnobs{CorruptPuts: f.unsafeCorrupt},
 	})
 	if err != nil {
