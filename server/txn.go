@@ -329,6 +329,9 @@ func (s *Server) applyTxnCall(op byte, body []byte) ([]byte, error) {
 			return nil, ErrGRPCWrongShard
 		}
 		if _, ok := s.txn.records[id]; !ok {
+			if s.Draining() {
+				return nil, ErrGRPCSplitDraining
+			}
 			r := c.Record
 			r.State = TxnPending
 			s.putRecord(&r)
@@ -381,6 +384,9 @@ func (s *Server) applyPrepare(c TxnCall) ([]byte, error) {
 	id := c.Record.ID
 	if p, ok := s.txn.parts[id]; ok {
 		return json.Marshal(p.Result) // prepared already: the same vote
+	}
+	if s.Draining() {
+		return nil, ErrGRPCSplitDraining
 	}
 	var part pb.TxnRequest
 	if err := proto.Unmarshal(c.Part, &part); err != nil {

@@ -152,6 +152,9 @@ type group struct {
 	inflight atomic.Int64
 	// load is the split-by-load meter (split.go); autoSplit alone uses it.
 	load loadMeter
+	// drainSeen is when this host, leading the group, first saw its split
+	// drain on (split.go); sweepDrains alone uses it.
+	drainSeen time.Time
 }
 
 // memBuffer is the in-memory connection's buffer per direction: small, as
@@ -551,7 +554,7 @@ func (h *Host) keepMap() {
 		if refreshed {
 			// Each chore has its own deadline: one stuck behind a fault
 			// must not starve the others.
-			for _, chore := range []func(context.Context){h.reconcile, h.balance, h.autoSplit, h.hintLeaders, h.sweepTxns, h.sweepLeaseCopies} {
+			for _, chore := range []func(context.Context){h.reconcile, h.balance, h.autoSplit, h.sweepDrains, h.hintLeaders, h.sweepTxns, h.sweepLeaseCopies} {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				chore(ctx)
 				cancel()

@@ -105,10 +105,22 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 		members[n] = h.cfg.InitialCluster[n]
 	}
 	// A shard refuses to split while it holds cross-shard transaction
-	// state (locks, votes, records): wait for a moment without any, as
-	// long as ctx allows, under the one child ID allocated above. The
-	// pause between tries stays short: under steady cross-shard load such
-	// moments are brief.
+	// state (locks, votes, records). Under steady cross-shard load it
+	// always holds some, so the split drains it first (server.Drain): new
+	// transactions are refused there and start again after the split,
+	// those under way finish, and the split gets through — under the one
+	// child ID allocated above.
+	drained := false
+	defer func() {
+		if drained && srv.Draining() {
+			// Given up (or failed): let transactions in again.
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := srv.Drain(dctx, false); err != nil {
+				h.log.Warn("ending a split's drain", "shard", id, "err", err)
+			}
+		}
+	}()
 	for backoff := 5 * time.Millisecond; ; backoff = min(2*backoff, 20*time.Millisecond) {
 		err := srv.Split(ctx, server.SplitRequest{Child: child, Key: key, Members: members})
 		if err == nil {
@@ -116,6 +128,12 @@ func (h *Host) Split(ctx context.Context, id uint64, key []byte) (Map, error) {
 		}
 		if !isStatus(err, server.ErrGRPCSplitBusy) {
 			return Map{}, fmt.Errorf("shard: split of shard %d: %w", id, err)
+		}
+		if !srv.Draining() {
+			if err := srv.Drain(ctx, true); err != nil {
+				return Map{}, fmt.Errorf("shard: split of shard %d: draining its transactions: %w", id, err)
+			}
+			drained = true
 		}
 		t := time.NewTimer(backoff)
 		select {
@@ -171,6 +189,37 @@ func (h *Host) autoSplit(ctx context.Context) {
 		}
 		g.load = loadMeter{}
 		return // one split per round
+	}
+}
+
+// DrainMax is how long a split's drain (server.Drain) may stay on before
+// the host of the shard's leader ends it: its splitter died, or gave up
+// without ending it. A splitter still at work turns it on again.
+var DrainMax = 30 * time.Second
+
+// sweepDrains ends the drains that outlived their splitters in the shards
+// this host leads.
+func (h *Host) sweepDrains(ctx context.Context) {
+	self := consensus.NodeID(h.MemberID())
+	now := time.Now()
+	for _, g := range h.groups() {
+		if g.id == MetaGroup || g.srv.Node().Leader() != self || !g.srv.Draining() {
+			g.drainSeen = time.Time{}
+			continue
+		}
+		if g.drainSeen.IsZero() {
+			g.drainSeen = now
+			continue
+		}
+		if now.Sub(g.drainSeen) < DrainMax {
+			continue
+		}
+		h.log.Warn("ending a split's drain that outlived its splitter", "shard", g.id, "since", g.drainSeen)
+		if err := g.srv.Drain(ctx, false); err != nil {
+			h.log.Warn("ending a split's drain", "shard", g.id, "err", err)
+			continue
+		}
+		g.drainSeen = time.Time{}
 	}
 }
 

@@ -208,7 +208,7 @@ func (h *Host) record(ctx context.Context, shard uint64, op byte, call server.Tx
 }
 
 // txn runs a cross-shard transaction, starting again (with its original
-// start time) when wait-die or a moved shard says so.
+// start time) when wait-die, a moved shard or a split's drain says so.
 func (h *Host) txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	ts := time.Now().UnixNano()
 	backoff := 5 * time.Millisecond
@@ -249,7 +249,7 @@ func (h *Host) txnAttempt(ctx context.Context, req *pb.TxnRequest, ts int64) (_ 
 	rec := server.TxnRecord{ID: rand.Uint64() | 1, TS: ts, Anchor: plan.anchor,
 		Deadline: time.Now().Add(TxnTimeout).UnixNano(), Parts: plan.shards()}
 	if _, err := h.record(ctx, anchorShard, 'B', server.TxnCall{Record: rec}); err != nil {
-		return nil, server.IsWrongShard(err), err
+		return nil, server.IsWrongShard(err) || server.IsSplitDraining(err), err
 	}
 	if h.failpoint("after-begin") {
 		return nil, false, errCoordinatorDied
@@ -298,7 +298,7 @@ func (h *Host) txnAttempt(ctx context.Context, req *pb.TxnRequest, ts int64) (_ 
 	})
 	if err != nil {
 		h.abortTxn(ctx, rec, anchorShard)
-		again := errors.Is(err, errDie) || server.IsWrongShard(err)
+		again := errors.Is(err, errDie) || server.IsWrongShard(err) || server.IsSplitDraining(err)
 		if again {
 			return nil, true, err
 		}

@@ -457,3 +457,114 @@ func TestSplitWaitsForTransactions(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitUnderTransactionLoad: a shard that sixteen clients keep busy
+// with cross-shard transactions splits all the same — the split drains
+// it: new transactions are refused there and start again, those under
+// way finish (before the drain, a split waited two minutes and gave up)
+// — and no client sees an error or a half-applied transfer.
+func TestSplitUnderTransactionLoad(t *testing.T) {
+	c := shardtest.New(t, 3, 2)
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	lctx, lstop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var done, failed atomic.Int64
+	var firstErr atomic.Value
+	const clients = 16
+	for i := range clients {
+		cli := c.Client(c.Names()[i%3])
+		wg.Go(func() {
+			a, b := keyIn(1, 2, fmt.Sprintf("acct-%02d/x", i)), keyIn(2, 2, fmt.Sprintf("acct-%02d/x", i))
+			for j := 0; lctx.Err() == nil; j++ {
+				_, err := cli.Txn(lctx).Then(clientv3.OpPut(a, fmt.Sprint(j)), clientv3.OpPut(b, fmt.Sprint(j))).Commit()
+				switch {
+				case err == nil:
+					done.Add(1)
+				case lctx.Err() == nil:
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}
+		})
+	}
+	waitFor(t, 20*time.Second, "transactions under way", func() bool { return done.Load() > 100 })
+	for r := range 2 {
+		start, before := time.Now(), done.Load()
+		sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
+		// Two different prefixes of shard 1, the later one first.
+		_, err := c.Host("h1").Split(sctx, 1, []byte(keyIn(1, 2, fmt.Sprintf("acct-%02d/", 12-8*r))))
+		scancel()
+		if err != nil {
+			t.Fatalf("split %d under transaction load: %v", r, err)
+		}
+		t.Logf("split %d after %v, %d transactions meanwhile", r, time.Since(start).Round(time.Millisecond), done.Load()-before)
+	}
+	if n := len(c.Host("h1").Map().Shards); n != 4 {
+		t.Fatalf("%d shards after two splits of one of two", n)
+	}
+	waitFor(t, 20*time.Second, "transactions after the splits", func() bool { return done.Load() > 200 })
+	lstop()
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d transactions failed, first: %v", n, firstErr.Load())
+	}
+	for i := range clients {
+		a, b := keyIn(1, 2, fmt.Sprintf("acct-%02d/x", i)), keyIn(2, 2, fmt.Sprintf("acct-%02d/x", i))
+		r, err := c.Client("h1").Txn(ctx).Then(clientv3.OpGet(a), clientv3.OpGet(b)).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		va, vb := r.Responses[0].GetResponseRange().Kvs, r.Responses[1].GetResponseRange().Kvs
+		if len(va) != 1 || len(vb) != 1 || string(va[0].Value) != string(vb[0].Value) {
+			t.Fatalf("client %d's accounts disagree: %v / %v", i, va, vb)
+		}
+	}
+}
+
+// TestDrainRefusesNewTransactions: while a shard's split drain is on, a
+// transaction touching it does not begin (its coordinator keeps starting
+// it again); once the drain ends it goes through. A drain whose splitter
+// is gone is ended by the leader's host after DrainMax.
+func TestDrainRefusesNewTransactions(t *testing.T) {
+	old := shard.DrainMax
+	shard.DrainMax = time.Hour
+	t.Cleanup(func() { shard.DrainMax = old })
+	c := shardtest.NewWith(t, 3, 2, func(cfg *shard.Config) { cfg.MapRefresh = 100 * time.Millisecond })
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, b := keyIn(1, 2, "x"), keyIn(2, 2, "x")
+	transfer := func(d time.Duration) error {
+		tctx, tcancel := context.WithTimeout(ctx, d)
+		defer tcancel()
+		_, err := c.Client("h2").Txn(tctx).Then(clientv3.OpPut(a, "1"), clientv3.OpPut(b, "1")).Commit()
+		return err
+	}
+	if err := transfer(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	srv := c.Host("h1").Server(1)
+	if err := srv.Drain(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := transfer(time.Second); err == nil {
+		t.Fatal("a transaction began in a draining shard")
+	}
+	if err := srv.Drain(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := transfer(10 * time.Second); err != nil {
+		t.Fatalf("after the drain: %v", err)
+	}
+	// A drain nobody ends: the leader's host ends it.
+	shard.DrainMax = 300 * time.Millisecond
+	if err := srv.Drain(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the orphaned drain to end", func() bool { return !srv.Draining() })
+	if err := transfer(10 * time.Second); err != nil {
+		t.Fatalf("after the orphaned drain: %v", err)
+	}
+}
