@@ -56,24 +56,36 @@ func soak() time.Duration {
 	return 15 * time.Second
 }
 
-// TestChaosProcesses runs three real ballot processes of the production
-// build under every nemesis but clock (which needs the chaosclock build;
-// TestChaosDiskAndClock runs it) and every workload, and expects no
-// violation.
-func TestChaosProcesses(t *testing.T) {
+// cleanRound runs a round of a build that should pass (the production
+// build unless o.Binary says otherwise), logs its summary and fails the
+// test on any violation.
+func cleanRound(t *testing.T, o Options) *Report {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("chaos round skipped in -short mode")
 	}
-	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(),
-		Nemeses: []string{NemesisKill, NemesisPause, NemesisPartition, NemesisDisk},
-		Binary:  ballotBinary(t), Logf: t.Logf})
+	if o.Binary == "" {
+		o.Binary = ballotBinary(t)
+	}
+	o.Logf = t.Logf
+	rep, err := Run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Log("\n" + rep.Summary())
 	if rep.HasViolations() {
-		t.Fatalf("violations:\n%s", strings.Join(rep.Violations, "\n"))
+		t.Fatalf("violations:\n%s\nschedule:\n%s", strings.Join(rep.Violations, "\n"), strings.Join(rep.Schedule, "\n"))
 	}
+	return rep
+}
+
+// TestChaosProcesses runs three real ballot processes of the production
+// build under every nemesis but clock (which needs the chaosclock build;
+// TestChaosDiskAndClock runs it) and every workload, and expects no
+// violation.
+func TestChaosProcesses(t *testing.T) {
+	rep := cleanRound(t, Options{Nodes: 3, Duration: soak(),
+		Nemeses: []string{NemesisKill, NemesisPause, NemesisPartition, NemesisDisk}})
 	if rep.OK < 500 || rep.SetAcked < 100 || rep.WatchEvents < 100 {
 		t.Fatalf("too little happened to prove anything: %d ok register ops, %d set adds, %d watch events", rep.OK, rep.SetAcked, rep.WatchEvents)
 	}
@@ -94,26 +106,14 @@ func TestChaosProcesses(t *testing.T) {
 // TestShardedChaos runs three real `ballot serve --shards 4` processes
 // under kill, pause and partition faults while the split nemesis splits
 // the shards that hold the workloads' keys, with every workload on, and
-// expects no violation and at least one split. (The deliberately broken
-// builds cannot run sharded: serve refuses the --unsafe-* flags there, so
-// the rounds that prove the checkers bite are single-group only; the
-// checkers themselves are the same.)
+// expects no violation and at least one split. (Of the deliberately
+// broken builds only corrupt-puts runs sharded — TestShardedReplicaCheckBites
+// — so the other rounds that prove the checkers bite are single-group
+// only; the checkers themselves are the same.)
 func TestShardedChaos(t *testing.T) {
-	if testing.Short() {
-		t.Skip("chaos round skipped in -short mode")
-	}
-	d := max(soak(), 20*time.Second)
-	rep, err := Run(context.Background(), Options{Nodes: 3, Shards: 4, Duration: d,
+	rep := cleanRound(t, Options{Nodes: 3, Shards: 4, Duration: max(soak(), 20*time.Second),
 		Nemeses:   []string{NemesisKill, NemesisPause, NemesisPartition, NemesisSplit},
-		Workloads: []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease, WorkloadLock, WorkloadElection},
-		Binary:    ballotBinary(t), Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Log("\n" + rep.Summary())
-	if rep.HasViolations() {
-		t.Fatalf("violations:\n%s\nschedule:\n%s", strings.Join(rep.Violations, "\n"), strings.Join(rep.Schedule, "\n"))
-	}
+		Workloads: []string{WorkloadRegister, WorkloadSet, WorkloadWatch, WorkloadLease, WorkloadLock, WorkloadElection}})
 	if rep.Splits < 1 {
 		t.Fatalf("no split succeeded: %s", rep.Shards)
 	}
@@ -157,15 +157,8 @@ func TestChaosDiskAndClock(t *testing.T) {
 		t.Skip("chaos round skipped in -short mode")
 	}
 	dir := t.TempDir()
-	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Nemeses: []string{NemesisDisk, NemesisClock},
-		Seed: 7, Binary: chaosClockBinary(t), Dir: dir, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Log("\n" + rep.Summary())
-	if rep.HasViolations() {
-		t.Fatalf("violations:\n%s", strings.Join(rep.Violations, "\n"))
-	}
+	rep := cleanRound(t, Options{Nodes: 3, Duration: soak(), Nemeses: []string{NemesisDisk, NemesisClock},
+		Seed: 7, Binary: chaosClockBinary(t), Dir: dir})
 	for _, s := range rep.Skipped {
 		t.Logf("!!! SKIPPED: %s", s)
 	}
@@ -199,16 +192,8 @@ func TestChaosContainers(t *testing.T) {
 	}
 	// The production build, so not the clock nemesis; disk runs on
 	// processes only.
-	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(),
-		Nemeses: []string{NemesisKill, NemesisPause, NemesisPartition},
-		Binary:  ballotBinary(t), Containers: true, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Log("\n" + rep.Summary())
-	if rep.HasViolations() {
-		t.Fatalf("violations:\n%s", strings.Join(rep.Violations, "\n"))
-	}
+	rep := cleanRound(t, Options{Nodes: 3, Duration: soak(),
+		Nemeses: []string{NemesisKill, NemesisPause, NemesisPartition}, Containers: true})
 	if rep.OK < 300 || rep.SetAcked < 50 {
 		t.Fatalf("too little happened to prove anything: %d ok register ops, %d set adds", rep.OK, rep.SetAcked)
 	}

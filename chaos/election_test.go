@@ -121,19 +121,9 @@ func TestElectionRegained(t *testing.T) {
 // partition, against real ballot processes, and expects many terms, a
 // stale zombie refused by the fence, and no violation.
 func TestElectionWorkload(t *testing.T) {
-	if testing.Short() {
-		t.Skip("chaos round skipped in -short mode")
-	}
-	rep, err := Run(context.Background(), Options{Nodes: 3, Duration: soak(), Seed: 8,
+	rep := cleanRound(t, Options{Nodes: 3, Duration: soak(), Seed: 8,
 		Nemeses:   []string{NemesisKill, NemesisPause, NemesisPartition},
-		Workloads: []string{WorkloadElection}, Binary: ballotBinary(t), Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Log("\n" + rep.Summary())
-	if rep.HasViolations() {
-		t.Fatalf("violations:\n%s", strings.Join(rep.Violations, "\n"))
-	}
+		Workloads: []string{WorkloadElection}})
 	if !strings.Contains(rep.Election, "leadership regained") {
 		t.Fatalf("no election summary: %q", rep.Election)
 	}
