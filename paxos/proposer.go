@@ -16,7 +16,8 @@ type peer struct {
 	// sent is the last slot sent to it in a Decide; the next batch goes
 	// once it reports having decided that far.
 	sent uint64
-	// snapWait counts heartbeats until a snapshot may be sent again.
+	// snapWait counts heartbeats until a snapshot may be sent again (see
+	// snapResendHeartbeats).
 	snapWait int
 	// reported: decided is what the member said, not the leader's guess
 	// (a new peer starts at the leader's decided prefix until it answers).
@@ -341,6 +342,11 @@ func (p *Proposer) decided(n *Node) {
 // carries catch-up and confirms reads), Accepts again for slots an acceptor
 // has not acknowledged, and Prepares again to voters not yet promised.
 func (p *Proposer) heartbeat(n *Node) {
+	for _, pr := range p.peers {
+		if pr.snapWait > 0 {
+			pr.snapWait--
+		}
+	}
 	p.broadcastDecide(n, decideResend)
 	if !p.prepared(n) {
 		p.ensurePrepared(n, true)
@@ -383,6 +389,13 @@ const (
 	decideNewOnly
 )
 
+// snapResendHeartbeats, times ElectionTick, is how many heartbeats a
+// snapshot sent to a member has to arrive before the leader sends it again
+// (a failed transfer, reported by ReportSnapshot, is sent again at the
+// next heartbeat). A large snapshot takes a while: sending it again every
+// few moments would start a new transfer each time and none would finish.
+const snapResendHeartbeats = 5
+
 // broadcastDecide sends every member but this node a Decide.
 func (p *Proposer) broadcastDecide(n *Node, mode decideMode) {
 	for _, id := range n.conf().Members() {
@@ -422,14 +435,12 @@ func (p *Proposer) sendDecide(n *Node, to consensus.NodeID, mode decideMode) {
 	switch {
 	case pr.decided >= l.commit:
 	case pr.decided < l.snap.Index:
-		if mode == decideResend {
-			if pr.snapWait <= 0 {
-				pr.snapWait = n.cfg.ElectionTick
-				n.send(consensus.Message{Type: consensus.MsgSnap, To: to, Epoch: uint64(p.ballot),
-					Snapshot: &consensus.Snapshot{Meta: l.snap}})
-			} else {
-				pr.snapWait--
-			}
+		if mode == decideResend && pr.snapWait <= 0 {
+			// Once, then again only after snapResendHeartbeats (counted
+			// by heartbeat) or a failed transfer (ReportSnapshot).
+			pr.snapWait = snapResendHeartbeats * n.cfg.ElectionTick
+			n.send(consensus.Message{Type: consensus.MsgSnap, To: to, Epoch: uint64(p.ballot),
+				Snapshot: &consensus.Snapshot{Meta: l.snap}})
 		}
 	case from <= l.commit:
 		m.Index = from
@@ -466,9 +477,11 @@ func (p *Proposer) onDecideResp(n *Node, m consensus.Message) {
 		p.acks[m.From] = m.LogEpoch
 		p.checkReads(n)
 	}
-	if m.Index < n.log.commit && m.Index >= pr.sent {
+	if m.Index < n.log.commit && m.Index >= pr.sent && m.Index >= n.log.snap.Index {
 		// The last batch arrived: send the next one now rather than at
-		// the next heartbeat.
+		// the next heartbeat. Not to a member that needs the snapshot:
+		// it answers every Decide while the snapshot travels, and each
+		// answer would bring another Decide, without end.
 		p.sendDecide(n, m.From, decideResend)
 	}
 }
