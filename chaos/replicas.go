@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/ballotdb/ballot/server"
+	"github.com/ballotdb/ballot/shard"
 )
 
 // The replica check: at the end of a run, the members of every group
@@ -167,7 +168,8 @@ func allEqual(xs []uint64) bool {
 }
 
 // replicaGroups lists the groups of the run: the one group of all members,
-// or each shard of the map with the members the map gives it.
+// or the meta group and each shard of the map with the members the map
+// gives it.
 func replicaGroups(ctx context.Context, shards bool, clients []*clientv3.Client) ([]replicaGroup, error) {
 	byName := map[string]*clientv3.Client{}
 	for i, c := range clients {
@@ -180,7 +182,8 @@ func replicaGroups(ctx context.Context, shards bool, clients []*clientv3.Client)
 	if err != nil {
 		return nil, fmt.Errorf("replica check: listing the shards: %w", err)
 	}
-	var out []replicaGroup
+	// The meta group (shard.MetaGroup) has a member on every host.
+	out := []replicaGroup{{name: "the meta group", tag: strconv.FormatUint(shard.MetaGroup, 10), members: byName}}
 	for _, s := range l.Shards {
 		g := replicaGroup{name: "shard " + strconv.FormatUint(s.ID, 10), tag: strconv.FormatUint(s.ID, 10), members: map[string]*clientv3.Client{}}
 		for _, m := range s.Members {
