@@ -1,8 +1,8 @@
 package paxos
 
 import (
-	"fmt"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 
