@@ -188,24 +188,37 @@ func (c *procCluster) dumpGoroutines() {
 		if !c.running(i) {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.httpAddr[i]+"/debug/pprof/goroutine?debug=2", nil)
-		if err == nil {
-			var resp *http.Response
-			if resp, err = http.DefaultClient.Do(req); err == nil {
-				var b []byte
-				b, err = io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil {
-					err = os.WriteFile(filepath.Join(c.dir, name(i)+"-goroutines.txt"), b, 0o644)
-				}
+		// The goroutines, and the metrics: the engine's term, leader,
+		// commit and applied index say where a stuck group stands.
+		for _, f := range []struct{ path, file string }{
+			{"/debug/pprof/goroutine?debug=2", name(i) + "-goroutines.txt"},
+			{"/metrics", name(i) + "-metrics.txt"},
+		} {
+			if err := c.saveHTTP(c.httpAddr[i], f.path, filepath.Join(c.dir, f.file)); err != nil {
+				c.logf("chaos: saving %s's %s: %v", name(i), f.path, err)
 			}
 		}
-		cancel()
-		if err != nil {
-			c.logf("chaos: saving %s's goroutines: %v", name(i), err)
-		}
 	}
+}
+
+// saveHTTP saves what a member's HTTP port answers at path to file.
+func (c *procCluster) saveHTTP(addr, path, file string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, b, 0o644)
 }
 
 // takesPeerRoutes reports whether the binary's serve command knows the
