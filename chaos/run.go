@@ -751,6 +751,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep.Faults, rep.Schedule = nm.summary()
 	rep.Elapsed = time.Since(started)
 	if rep.HasViolations() {
+		// The members still run: save where each stands (goroutines,
+		// metrics) beside the logs.
+		dumpGoroutines(c)
 		os.WriteFile(filepath.Join(o.Dir, "schedule.txt"), []byte(strings.Join(rep.Schedule, "\n")+"\n"), 0o600)
 		os.WriteFile(filepath.Join(o.Dir, "summary.txt"), []byte(rep.Summary()), 0o600)
 	} else {
