@@ -88,26 +88,31 @@ func checkReplicas(ctx context.Context, groups []replicaGroup, timeout time.Dura
 	defer cancel()
 	found := make([][]string, len(groups))
 	decided := make([]bool, len(groups))
+	notes := make([]string, len(groups))
 	var wg sync.WaitGroup
 	for i, g := range groups {
-		wg.Go(func() { found[i], decided[i] = g.check(ctx, logf) })
+		wg.Go(func() { found[i], decided[i], notes[i] = g.check(ctx, logf) })
 	}
 	wg.Wait()
 	v := slices.Concat(found...)
-	open := 0
-	for _, d := range decided {
+	var open []string
+	for i, d := range decided {
 		if !d {
-			open++
+			open = append(open, notes[i])
 		}
 	}
 	line := fmt.Sprintf("replicas: %d of %d groups compared at a common applied index, %d disagreeing, %d without a verdict",
-		len(groups)-open, len(groups), len(v), open)
+		len(groups)-len(open), len(groups), len(v), len(open))
+	if len(open) > 0 {
+		line += " (" + strings.Join(open, "; ") + ")"
+	}
 	return v, line
 }
 
 // check samples the members until they agree at one applied index (true),
-// two disagree at one (the violation, true) or ctx ends (false).
-func (g replicaGroup) check(ctx context.Context, logf func(string, ...any)) ([]string, bool) {
+// two disagree at one (the violation, true) or ctx ends (false, and where
+// each member last stood).
+func (g replicaGroup) check(ctx context.Context, logf func(string, ...any)) ([]string, bool, string) {
 	seen := map[string]map[uint64]replicaSample{} // member → applied index → sample
 	names := slices.Sorted(maps.Keys(g.members))
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -126,15 +131,24 @@ func (g replicaGroup) check(ctx context.Context, logf func(string, ...any)) ([]s
 			latest[n] = s.applied
 		}
 		if v := replicaDisagreements(g.name, seen); len(v) > 0 {
-			return v, true
+			return v, true, ""
 		}
 		if len(latest) == len(names) && allEqual(slices.Collect(maps.Values(latest))) {
-			return nil, true
+			return nil, true, ""
 		}
 		select {
 		case <-ctx.Done():
-			logf("replica check, %s: no common applied index before the deadline (last seen %v); no verdict", g.name, latest)
-			return nil, false
+			var at []string
+			for _, n := range names {
+				if a, ok := latest[n]; ok {
+					at = append(at, fmt.Sprintf("%s at %d", n, a))
+				} else {
+					at = append(at, n+" not answering")
+				}
+			}
+			note := g.name + ": " + strings.Join(at, ", ")
+			logf("replica check, %s; no common applied index before the deadline, no verdict", note)
+			return nil, false, note
 		case <-tick.C:
 		}
 	}
