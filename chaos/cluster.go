@@ -367,6 +367,7 @@ func (c *procCluster) replace(ctx context.Context, i int) error {
 		}
 	}
 	var resp *clientv3.MemberAddResponse
+	var seen errTally
 	for {
 		// Retried: under a fault the add may fail, or time out having
 		// gone through (then the member is listed: find it).
@@ -374,13 +375,14 @@ func (c *procCluster) replace(ctx context.Context, i int) error {
 		if err == nil {
 			break
 		}
+		seen.add(err)
 		if id, ferr := memberIDByName(ctx, cli, ""); ferr == nil && id != 0 {
 			resp = &clientv3.MemberAddResponse{Member: &etcdserverpb.Member{ID: id}}
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("add %s back at %s: %w", name(i), addr, err)
+			return fmt.Errorf("add %s back at %s: %w (errors: %v)", name(i), addr, err, &seen)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

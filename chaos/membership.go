@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -83,8 +84,38 @@ func removedAfterAll(ctx context.Context, cli *clientv3.Client, member string, e
 	}
 }
 
+// errTally counts the errors of a retried call by message, so that a
+// call that never succeeds says what it met, not only its last timeout.
+type errTally struct {
+	order []string
+	n     map[string]int
+}
+
+func (t *errTally) add(err error) {
+	msg := err.Error()
+	if len(msg) > 160 {
+		msg = msg[:160] + "…"
+	}
+	if t.n == nil {
+		t.n = map[string]int{}
+	}
+	if t.n[msg] == 0 {
+		t.order = append(t.order, msg)
+	}
+	t.n[msg]++
+}
+
+func (t *errTally) String() string {
+	var parts []string
+	for _, m := range t.order {
+		parts = append(parts, fmt.Sprintf("%d× %s", t.n[m], m))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // promoteWhenReady promotes a learner, retrying while it catches up.
 func promoteWhenReady(ctx context.Context, cli *clientv3.Client, id uint64) error {
+	var seen errTally
 	for {
 		// Refusals (not caught up yet, a change still pending, no leader
 		// under a fault) are retried until ctx ends.
@@ -95,9 +126,10 @@ func promoteWhenReady(ctx context.Context, cli *clientv3.Client, id uint64) erro
 		if errors.Is(err, rpctypes.ErrMemberNotLearner) {
 			return nil // an earlier try went through
 		}
+		seen.add(err)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("chaos: promote %x: %w (last error: %v)", id, ctx.Err(), err)
+			return fmt.Errorf("chaos: promote %x: %w (errors: %v)", id, ctx.Err(), &seen)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
