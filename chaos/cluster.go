@@ -371,7 +371,9 @@ func (c *procCluster) replace(ctx context.Context, i int) error {
 	for {
 		// Retried: under a fault the add may fail, or time out having
 		// gone through (then the member is listed: find it).
-		resp, err = cli.MemberAddAsLearner(ctx, []string{"http://" + addr})
+		actx, cancel := context.WithTimeout(ctx, memberCallTimeout)
+		resp, err = cli.MemberAddAsLearner(actx, []string{"http://" + addr})
+		cancel()
 		if err == nil {
 			break
 		}

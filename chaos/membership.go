@@ -84,6 +84,11 @@ func removedAfterAll(ctx context.Context, cli *clientv3.Client, member string, e
 	}
 }
 
+// memberCallTimeout bounds one try of a membership change: a change
+// proposed to a leader that then loses its leadership may be lost, and the
+// caller learns it only from its deadline.
+const memberCallTimeout = 5 * time.Second
+
 // errTally counts the errors of a retried call by message, so that a
 // call that never succeeds says what it met, not only its last timeout.
 type errTally struct {
@@ -118,8 +123,12 @@ func promoteWhenReady(ctx context.Context, cli *clientv3.Client, id uint64) erro
 	var seen errTally
 	for {
 		// Refusals (not caught up yet, a change still pending, no leader
-		// under a fault) are retried until ctx ends.
-		_, err := cli.MemberPromote(ctx, id)
+		// under a fault) are retried until ctx ends; so is a try whose
+		// change was lost with a leader (it waits out its own deadline,
+		// as an etcd client's request does).
+		actx, cancel := context.WithTimeout(ctx, memberCallTimeout)
+		_, err := cli.MemberPromote(actx, id)
+		cancel()
 		if err == nil {
 			return nil
 		}
