@@ -704,10 +704,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	{
 		// Every group's members hold one state at one applied index.
-		var members []*clientv3.Client
+		members := make([]*clientv3.Client, o.Nodes) // by member index; nil: no client
 		for i := range o.Nodes {
 			if cl, err := pinned(i); err == nil {
-				members = append(members, cl)
+				members[i] = cl
 			}
 		}
 		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
