@@ -282,6 +282,9 @@ func (s *Server) refuseWrite(ctx context.Context, r *pb.InternalRaftRequest) err
 // member alike.
 func (s *Server) applyGuard(r *pb.InternalRaftRequest) error {
 	s.unsafeCorrupt(r)
+	if s.cfg.Shard != nil && !s.rangeKnown() {
+		return ErrGRPCWrongShard // cannot happen: the state comes first
+	}
 	if err := s.shardGuard(r); err != nil {
 		return err
 	}

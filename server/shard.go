@@ -63,7 +63,12 @@ func (s *Server) owns(key, end []byte) bool {
 		return true
 	}
 	if !s.rangeKnown() {
-		return false
+		// A member waiting for its first state (ShardConfig.FromSnapshot)
+		// lets a request through to wait for it, as any member behind
+		// does: its read barrier or its proposal completes only once the
+		// state is here, and the check after the read sees the range.
+		// Nothing is applied before that state (applyGuard refuses).
+		return true
 	}
 	start, shardEnd := s.Range()
 	if bytes.Compare(key, start) < 0 {
