@@ -47,7 +47,7 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	}
 	// After the barrier: a split applied before it must refuse the read,
 	// and so must a transaction's write lock taken before it.
-	if err := k.s.shardGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
+	if err := k.s.requestGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
 		return nil, err
 	}
 	if err := k.s.txnGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
@@ -59,7 +59,7 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	}
 	// A split applied while the store was read may have taken the keys
 	// away under it: the range narrows before they go, so look again.
-	if err := k.s.shardGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
+	if err := k.s.requestGuard(&pb.InternalRaftRequest{Range: r}); err != nil {
 		return nil, err
 	}
 	resp.Header = k.s.fillHeader(resp.Header)
@@ -123,7 +123,7 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 				return nil, err
 			}
 		}
-		if err := k.s.shardGuard(&pb.InternalRaftRequest{Txn: r}); err != nil {
+		if err := k.s.requestGuard(&pb.InternalRaftRequest{Txn: r}); err != nil {
 			return nil, err
 		}
 		if err := k.s.txnGuard(&pb.InternalRaftRequest{Txn: r}); err != nil {
@@ -131,7 +131,7 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 		}
 		resp, err = k.s.store.Txn(r)
 		if err == nil {
-			err = k.s.shardGuard(&pb.InternalRaftRequest{Txn: r}) // as in Range
+			err = k.s.requestGuard(&pb.InternalRaftRequest{Txn: r}) // as in Range
 		}
 	} else {
 		resp, err = k.s.propose(ctx, &pb.InternalRaftRequest{Txn: r})

@@ -257,7 +257,7 @@ func (s *Server) alarmRefusal(r *pb.InternalRaftRequest) error {
 // read barrier: a client that saw a disarm succeed is never refused for
 // the alarm it disarmed. The barrier costs only while an alarm is active.
 func (s *Server) refuseWrite(ctx context.Context, r *pb.InternalRaftRequest) error {
-	if err := s.shardGuard(r); err != nil {
+	if err := s.requestGuard(r); err != nil {
 		return err
 	}
 	if err := s.txnGuard(r); err != nil {
@@ -282,9 +282,6 @@ func (s *Server) refuseWrite(ctx context.Context, r *pb.InternalRaftRequest) err
 // member alike.
 func (s *Server) applyGuard(r *pb.InternalRaftRequest) error {
 	s.unsafeCorrupt(r)
-	if s.cfg.Shard != nil && !s.rangeKnown() {
-		return ErrGRPCWrongShard // cannot happen: the state comes first
-	}
 	if err := s.shardGuard(r); err != nil {
 		return err
 	}

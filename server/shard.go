@@ -63,12 +63,7 @@ func (s *Server) owns(key, end []byte) bool {
 		return true
 	}
 	if !s.rangeKnown() {
-		// A member waiting for its first state (ShardConfig.FromSnapshot)
-		// lets a request through to wait for it, as any member behind
-		// does: its read barrier or its proposal completes only once the
-		// state is here, and the check after the read sees the range.
-		// Nothing is applied before that state (applyGuard refuses).
-		return true
+		return false
 	}
 	start, shardEnd := s.Range()
 	if bytes.Compare(key, start) < 0 {
@@ -81,6 +76,19 @@ func (s *Server) owns(key, end []byte) bool {
 		return len(shardEnd) == 0
 	}
 	return len(shardEnd) == 0 || bytes.Compare(end, shardEnd) <= 0
+}
+
+// requestGuard is shardGuard for a request as it arrives, before it is
+// proposed or read. A member waiting for its first state
+// (ShardConfig.FromSnapshot) lets the request through to wait for it, as
+// any member behind does: its read barrier or its proposal completes only
+// once the state is here, and the check after a read sees the range. At
+// apply time shardGuard refuses everything until then.
+func (s *Server) requestGuard(r *pb.InternalRaftRequest) error {
+	if !s.rangeKnown() {
+		return nil
+	}
+	return s.shardGuard(r)
 }
 
 // shardGuard refuses a request that touches a key outside this shard.

@@ -107,9 +107,13 @@ func (s *Server) Range() (start, end []byte) {
 	return r.start, r.end
 }
 
-// rangeKnown reports whether the member knows its shard's range; one that
-// does not keeps no key.
+// rangeKnown reports whether the member knows its shard's range (a
+// server that is not a shard always does); one that does not keeps no
+// key.
 func (s *Server) rangeKnown() bool {
+	if s.cfg.Shard == nil {
+		return true
+	}
 	r := s.shardRange.Load()
 	return r != nil && !r.unknown
 }

@@ -320,9 +320,6 @@ func (s *Server) applyTxnCall(op byte, body []byte) ([]byte, error) {
 	if err := json.Unmarshal(body, &c); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "server: bad transaction entry: %v", err)
 	}
-	if s.cfg.Shard != nil && !s.rangeKnown() {
-		return nil, ErrGRPCWrongShard // cannot happen: the state comes first
-	}
 	s.txn.mu.Lock()
 	defer s.txn.mu.Unlock()
 	id := c.Record.ID

@@ -398,7 +398,7 @@ func (w *watcher) filter(evs []*mvccpb.Event) []*mvccpb.Event {
 // add registers a watcher and answers its creation. It runs on the
 // stream's receiving goroutine and may wait for room in the stream buffer.
 func (h *hub) add(st *watchStream, r *pb.WatchCreateRequest) {
-	if !h.s.owns(r.Key, r.RangeEnd) {
+	if h.s.rangeKnown() && !h.s.owns(r.Key, r.RangeEnd) { // unknown: wait for the state
 		id := r.WatchId // the router always names its watches
 		if id == 0 {
 			id = -1
