@@ -553,18 +553,21 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		dumpGoroutines(c)
 	}
 	healedAt := rec.now()
+	// One client of each member, by index (nil: none), for the checks
+	// after the heal that ask members one by one.
+	memberClients := make([]*clientv3.Client, o.Nodes)
+	for i := range o.Nodes {
+		if cl, err := pinned(i); err == nil {
+			memberClients[i] = cl
+		}
+	}
 	{
 		// Leadership may still change after the heal: a membership change
 		// or transfer under way finishes, or (sharded) the balancer hands
 		// shard leaderships back. A new leader gives its leases a full
 		// TTL, so lease bounds count from the last change.
 		sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-		var members []*clientv3.Client
-		for i := range o.Nodes {
-			if cl, err := pinned(i); err == nil {
-				members = append(members, cl)
-			}
-		}
+		members := slices.DeleteFunc(slices.Clone(memberClients), func(c *clientv3.Client) bool { return c == nil })
 		view := groupLeaders(members)
 		if o.Shards > 0 && len(members) > 0 {
 			view = shardLeaders(members[0])
@@ -704,14 +707,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	{
 		// Every group's members hold one state at one applied index.
-		members := make([]*clientv3.Client, o.Nodes) // by member index; nil: no client
-		for i := range o.Nodes {
-			if cl, err := pinned(i); err == nil {
-				members[i] = cl
-			}
-		}
 		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
-		groups, err := replicaGroups(rctx, o.Shards > 0, members)
+		groups, err := replicaGroups(rctx, o.Shards > 0, memberClients)
 		if err != nil {
 			rep.Violations = append(rep.Violations, err.Error())
 		} else {
