@@ -1,12 +1,15 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math"
+	"sort"
 	"sync"
 	"time"
 
@@ -23,12 +26,23 @@ import (
 // deletes the attached keys at the same revision.
 //
 // Deadlines live in the leader's memory only, measured on its monotonic
-// clock. A keep-alive that reaches the leader moves a deadline directly; one
-// that reaches a follower is relayed through the log (a LeaseCheckpoint
-// entry) and moves the deadline when the leader applies it. A member that
-// becomes leader gives every lease a fresh full TTL before it may expire
-// any, as etcd does, so a leader change never expires a lease that was being
-// kept alive.
+// clock. A keep-alive that reaches a follower is forwarded to the leader,
+// which moves the deadline; a LeaseCheckpoint entry with no remaining time
+// is a renewal through the log and moves it when the leader applies it.
+//
+// A member that becomes leader (and has applied everything committed
+// before its term) gives every lease a fresh full TTL before it may expire
+// any, as etcd does, so a crash of the leader never expires a lease that
+// was being kept alive. A leader that hands leadership away on purpose
+// (MoveLeader, a shard host's balancer, a graceful stop) does better:
+// handOver records each lease's remaining time in the log first, and the
+// next leader starts from that instead of a full TTL, so moving leadership
+// around does not keep abandoned leases alive longer (etcd's lease
+// checkpoints, taken at the one moment they matter). Safety: from the
+// moment the remaining times are read until the handover ends, this member
+// renews nothing; afterwards, renewing a lease whose recorded remaining
+// time is set first clears it through the log, so a successor never
+// starts from a figure older than an acknowledged keep-alive.
 type lessor struct {
 	s *Server
 
@@ -36,10 +50,17 @@ type lessor struct {
 	deadline  map[int64]time.Time
 	ttl       map[int64]int64 // granted TTL in seconds
 	leaderFor uint64          // the term in which this member last became leader; 0 if not leader
+	// floor holds, per lease, the deadline promised by keep-alives this
+	// member acknowledged as leader before it took up its term (check):
+	// taking up never sets an earlier one.
+	floor map[int64]time.Time
+	// handing is non-nil while a handover holds renewals back; it is
+	// closed when the handover ends.
+	handing chan struct{}
 }
 
 func newLessor(s *Server) *lessor {
-	return &lessor{s: s, deadline: map[int64]time.Time{}, ttl: map[int64]int64{}}
+	return &lessor{s: s, deadline: map[int64]time.Time{}, ttl: map[int64]int64{}, floor: map[int64]time.Time{}}
 }
 
 // minTTL is the shortest lease TTL in seconds: etcd's rule, one and a half
@@ -80,14 +101,28 @@ func (l *lessor) check() {
 	if n.Role() != consensus.Leader || n.Leader() != n.ID() {
 		l.mu.Lock()
 		l.leaderFor = 0
+		clear(l.floor)
 		l.mu.Unlock()
 		return
+	}
+	term := n.Term()
+	l.mu.Lock()
+	fresh := l.leaderFor != term
+	l.mu.Unlock()
+	if fresh {
+		// Taking up a term: first apply everything committed before it,
+		// so that the remaining times a handover recorded, and the
+		// renewals through the log since, are all known here.
+		ctx, cancel := context.WithTimeout(context.Background(), l.s.requestTimeout())
+		ok := l.s.confirmLeader(ctx, term)
+		cancel()
+		if !ok {
+			return // not (or no longer) leading term: try again next round
+		}
 	}
 	now := time.Now()
 	ids := l.s.store.Leases()
 	l.mu.Lock()
-	term := n.Term()
-	fresh := l.leaderFor != term
 	l.leaderFor = term
 	live := make(map[int64]bool, len(ids))
 	var expired []int64
@@ -106,7 +141,15 @@ func (l *lessor) check() {
 		l.ttl[id] = ttl
 		d, ok := l.deadline[id]
 		if fresh || !ok {
-			l.deadline[id] = now.Add(time.Duration(ttl) * time.Second)
+			left := ttl
+			if rem, err := l.s.store.LeaseCheckpointedTTL(id); err == nil && rem > 0 && rem < ttl && fresh {
+				left = rem // handed over with this much left
+			}
+			d = now.Add(time.Duration(left) * time.Second)
+			if f, ok := l.floor[id]; ok && f.After(d) {
+				d = f
+			}
+			l.deadline[id] = d
 			continue
 		}
 		if l.s.cfg.Unsafe.LeaseEarlyExpiry {
@@ -116,6 +159,7 @@ func (l *lessor) check() {
 			expired = append(expired, id)
 		}
 	}
+	clear(l.floor)
 	for id := range l.deadline {
 		if !live[id] {
 			delete(l.deadline, id)
@@ -157,28 +201,94 @@ func (l *lessor) check() {
 // revokeParallel bounds the revocations the lessor has in flight.
 const revokeParallel = 32
 
-// renew moves a lease's deadline on the leader of term. It reports
-// expired when the deadline has already passed: the lease is being revoked
-// and must not be renewed (etcd answers "not found" then). Before the
-// lessor has taken up leadership of term (check), renewing needs nothing:
-// taking up gives every lease a full TTL from that moment.
-func (l *lessor) renew(id int64, term uint64) (expired bool) {
+// renew moves a lease's deadline (ttl seconds from now) on the leader of
+// term. It reports expired when the deadline has already passed: the lease
+// is being revoked and must not be renewed (etcd answers "not found"
+// then), and wait, non-nil, while a handover holds renewals back: the
+// caller waits for it to close and tries again. Before the lessor has
+// taken up leadership of term (check), the promise is kept as a floor for
+// the deadline that taking up sets.
+func (l *lessor) renew(id, ttl int64, term uint64) (expired bool, wait <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.handing != nil {
+		return false, l.handing
+	}
+	until := time.Now().Add(time.Duration(ttl) * time.Second)
 	if l.leaderFor != term {
-		return false
+		if f, ok := l.floor[id]; !ok || until.After(f) {
+			l.floor[id] = until
+		}
+		return false, nil
 	}
 	if d, ok := l.deadline[id]; ok && time.Now().After(d) {
-		return true
+		return true, nil
 	}
-	if ttl, ok := l.ttl[id]; ok {
-		l.deadline[id] = time.Now().Add(time.Duration(ttl) * time.Second)
-	}
-	return false
+	l.deadline[id] = until
+	return false, nil
 }
 
-// renewed is called by the apply goroutine for a keep-alive relayed
-// through the log.
+// handOver prepares this member's leadership of the current term to be
+// handed away: it holds renewals back, records every lease's remaining
+// time in the log (LeaseCheckpoint entries, checkpointBatch leases each)
+// and returns a release that lets renewals go on. Release is also called
+// on its own after handOverMax, so a transfer that never ends cannot hold
+// keep-alives back for long. A member that has not taken up its term
+// records nothing (its successor gives full TTLs, which is safe).
+func (l *lessor) handOver(ctx context.Context) (release func(), err error) {
+	n := l.s.node
+	term := n.Term()
+	l.mu.Lock()
+	if l.handing != nil || l.leaderFor != term || n.Role() != consensus.Leader {
+		l.mu.Unlock()
+		return func() {}, nil
+	}
+	ch := make(chan struct{})
+	l.handing = ch
+	now := time.Now()
+	cps := make([]*pb.LeaseCheckpoint, 0, len(l.deadline))
+	for id, d := range l.deadline {
+		left := max(int64(math.Ceil(d.Sub(now).Seconds())), 1)
+		cps = append(cps, &pb.LeaseCheckpoint{ID: id, Remaining_TTL: left})
+	}
+	l.mu.Unlock()
+	var once sync.Once
+	end := func() {
+		once.Do(func() {
+			l.mu.Lock()
+			l.handing = nil
+			l.mu.Unlock()
+			close(ch)
+		})
+	}
+	timer := time.AfterFunc(l.handOverMax(), end)
+	release = func() { timer.Stop(); end() }
+	sort.Slice(cps, func(i, j int) bool { return cps[i].ID < cps[j].ID })
+	for len(cps) > 0 {
+		batch := cps[:min(len(cps), checkpointBatch)]
+		cps = cps[len(batch):]
+		_, err := l.s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: batch}},
+			func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
+		if err != nil {
+			release()
+			return func() {}, fmt.Errorf("server: recording the leases' remaining time: %w", err)
+		}
+	}
+	return release, nil
+}
+
+// checkpointBatch bounds the leases one LeaseCheckpoint entry carries.
+const checkpointBatch = 1000
+
+// handOverMax is how long a handover may hold renewals back: two election
+// timeouts, past which an engine has abandoned the transfer.
+func (l *lessor) handOverMax() time.Duration {
+	tick := cmp.Or(l.s.cfg.TickInterval, 100*time.Millisecond)
+	return 2 * time.Duration(cmp.Or(l.s.cfg.ElectionTicks, 10)) * tick
+}
+
+// renewed is called by the apply goroutine for a renewal through the log
+// (a LeaseCheckpoint with no remaining time).
 func (l *lessor) renewed(id int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -307,7 +417,33 @@ func (ls *leaseServer) keepAliveOnce(ctx context.Context, id int64) (int64, erro
 		n := s.node
 		if term := n.Term(); n.Role() == consensus.Leader && s.confirmLeader(ctx, term) {
 			ttl, _, err := s.store.LeaseTimeToLive(id, false)
-			if err != nil || s.less.renew(id, term) {
+			if err != nil {
+				return 0, rpctypes.ErrGRPCLeaseNotFound
+			}
+			if rem, _ := s.store.LeaseCheckpointedTTL(id); rem > 0 {
+				// A handover recorded this lease's remaining time: clear
+				// it through the log first, or a later leader would start
+				// from a figure older than this renewal.
+				_, err := s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{
+					Checkpoints: []*pb.LeaseCheckpoint{{ID: id}}}},
+					func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
+				if err != nil && !errors.Is(err, rpctypes.ErrGRPCNoLeader) {
+					return 0, err
+				}
+				if err != nil {
+					continue // no longer the leader of term: ask again
+				}
+			}
+			expired, wait := s.less.renew(id, ttl, term)
+			if wait != nil {
+				select { // a handover is under way: renew after it
+				case <-wait:
+					continue
+				case <-ctx.Done():
+					return 0, s.toGRPC(ctx, ctx.Err())
+				}
+			}
+			if expired {
 				return 0, rpctypes.ErrGRPCLeaseNotFound
 			}
 			return ttl, nil
@@ -356,6 +492,19 @@ func (ls *leaseServer) forwardKeepAlive(ctx context.Context, lead uint64, id int
 		return 0, rpctypes.ErrGRPCLeaseNotFound
 	}
 	return resp.TTL, nil
+}
+
+// TransferLeadership hands this member's leadership to member to, as
+// node.TransferLeadership does, with the leases' remaining time recorded
+// first so that the next leader does not give them a full TTL (see
+// lessor). Everything that moves leadership on purpose goes through here.
+func (s *Server) TransferLeadership(ctx context.Context, to consensus.NodeID) error {
+	release, err := s.less.handOver(ctx)
+	if err != nil {
+		s.log.Warn("leader transfer: the leases' remaining time was not recorded; the next leader gives them a full TTL", "to", fmt.Sprintf("%x", uint64(to)), "err", err)
+	}
+	defer release()
+	return s.node.TransferLeadership(ctx, to)
 }
 
 // confirmLeader reports whether this member still leads in term, confirmed

@@ -278,7 +278,7 @@ func (c *clusterServer) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequ
 			if to == 0 {
 				return rpctypes.ErrGRPCMemberNotEnoughStarted
 			}
-			if err := n.TransferLeadership(ctx, consensus.NodeID(to)); err != nil {
+			if err := s.TransferLeadership(ctx, consensus.NodeID(to)); err != nil {
 				return err
 			}
 			return errRetryOnLeader
@@ -556,7 +556,7 @@ func (m *maintenanceServer) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequ
 	}
 	ctx, cancel := s.requestContext(ctx)
 	defer cancel()
-	if err := s.node.TransferLeadership(ctx, consensus.NodeID(r.TargetID)); err != nil {
+	if err := s.TransferLeadership(ctx, consensus.NodeID(r.TargetID)); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			return nil, s.toGRPC(ctx, err)
 		}

@@ -350,6 +350,14 @@ func (s *Server) Stop() {
 		case <-time.After(2 * time.Second):
 			s.grpc.Stop() // watch streams do not end on their own
 		}
+		// The node hands leadership away as it stops; no keep-alive can
+		// reach this member any more, so the leases' remaining time is
+		// recorded for the next leader first (see lessor).
+		ctx, cancel := context.WithTimeout(context.Background(), s.less.handOverMax())
+		if release, err := s.less.handOver(ctx); err == nil {
+			release()
+		}
+		cancel()
 		s.node.Stop()
 		s.wg.Wait()
 		s.mconns.close()

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ballotdb/ballot/internal/testutil"
+	"github.com/ballotdb/ballot/server"
 	"github.com/ballotdb/ballot/server/servertest"
 )
 
@@ -406,3 +407,60 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 func (rawCodec) Name() string { return "proto" }
+
+// TestLeaseHandOver: leadership handed away on purpose (MoveLeader) keeps
+// each lease's remaining time instead of giving it a full TTL, and a
+// keep-alive after the handover clears the recorded time through the log,
+// on every member, so no later leader starts from a figure older than it.
+func TestLeaseHandOver(t *testing.T) {
+	c := servertest.New(t, 3, nil)
+	lead, fol := c.Leader(), c.Follower()
+	ctx := ctxT(t)
+	cli := c.Client(lead)
+	g, err := cli.Grant(ctx, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		left, ok := server.LeaseLeft(c.Member(lead), int64(g.ID))
+		return ok && left < 4*time.Second
+	}, "the lease never ran down on the leader")
+	if _, err := cli.MoveLeader(ctx, c.Member(fol).MemberID()); err != nil {
+		t.Fatalf("MoveLeader: %v", err)
+	}
+	var left time.Duration
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		var ok bool
+		left, ok = server.LeaseLeft(c.Member(fol), int64(g.ID))
+		return ok
+	}, "the new leader never took up its term")
+	// Handed over with at most 4 s left (rounded up to the second): a full
+	// TTL would be 6 s.
+	if left > 4*time.Second {
+		t.Fatalf("the new leader gave the lease %v, more than the 4 s it had left", left)
+	}
+	for _, name := range c.Names() {
+		if rem := server.LeaseCheckpointed(c.Member(name), int64(g.ID)); rem < 1 || rem > 4 {
+			t.Fatalf("%s recorded %d s left for the lease, want 1..4", name, rem)
+		}
+	}
+
+	// A keep-alive now renews to the full TTL and clears the record on
+	// every member (through the log), so a crash of this leader would not
+	// let its successor start from the old figure.
+	ka, err := c.Client(fol).KeepAliveOnce(ctx, g.ID)
+	if err != nil || ka.TTL != 6 {
+		t.Fatalf("keep-alive after the handover: %+v %v", ka, err)
+	}
+	if left, ok := server.LeaseLeft(c.Member(fol), int64(g.ID)); !ok || left < 5*time.Second {
+		t.Fatalf("after the keep-alive the leader gives the lease %v (%v), want about 6 s", left, ok)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		for _, name := range c.Names() {
+			if server.LeaseCheckpointed(c.Member(name), int64(g.ID)) != 0 {
+				return false
+			}
+		}
+		return true
+	}, "the keep-alive did not clear the recorded remaining time on every member")
+}

@@ -42,7 +42,9 @@ func (s *Server) applyHook(r *pb.InternalRaftRequest) (proto.Message, error, boo
 	switch {
 	case r.LeaseCheckpoint != nil:
 		for _, c := range r.LeaseCheckpoint.Checkpoints {
-			s.less.renewed(c.ID)
+			if c.Remaining_TTL == 0 {
+				s.less.renewed(c.ID) // a renewal; otherwise a handover's record
+			}
 		}
 		return nil, nil, false // the store records the checkpoint too
 	case r.LeaseRevoke != nil && s.cfg.Shard != nil && s.cfg.Shard.OnLeaseRevoked != nil:

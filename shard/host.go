@@ -879,7 +879,7 @@ func (h *Host) balance(ctx context.Context) {
 			continue
 		}
 		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := g.srv.Node().TransferLeadership(tctx, best)
+		err := g.srv.TransferLeadership(tctx, best)
 		cancel()
 		h.balancedAt = time.Now()
 		h.log.Info("balancing shard leaders", "shard", g.id, "to", hostOf[best], "led", len(mine), "they_led", bestN, "share", share, "err", err)
