@@ -182,7 +182,12 @@ func (h *Host) updateMap(ctx context.Context, change func(Map) (Map, bool)) erro
 			return err
 		}
 		if len(resp.Kvs) == 0 {
-			return errors.New("shard: the meta group holds no map yet")
+			// Just started: no host has stored the initial map yet. Any
+			// host may (compare-and-swap on the key's absence).
+			if err := h.storeInitialMap(ctx); err != nil {
+				return fmt.Errorf("shard: the meta group holds no map yet: %w", err)
+			}
+			continue
 		}
 		m, err := DecodeMap(resp.Kvs[0].Value)
 		if err != nil {
