@@ -38,3 +38,7 @@ func (h *Host) RemoveMemberForTest(ctx context.Context, id uint64, name string) 
 	_, err = pb.NewClusterClient(conn).MemberRemove(ctx, &pb.MemberRemoveRequest{ID: server.MemberIDFor(h.cfg.ClusterToken, h.cfg.InitialCluster[name])})
 	return err
 }
+
+// LeaveCopiesToSweepForTest makes h leave the copies of an expired or
+// revoked lease to the sweep, as a full queue would.
+func (h *Host) LeaveCopiesToSweepForTest() { h.noCopyRevokes.Store(true) }

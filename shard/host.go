@@ -18,6 +18,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -133,7 +134,11 @@ type Host struct {
 
 	stopOnce sync.Once
 	stopc    chan struct{}
-	wg       sync.WaitGroup
+	// copyRevokes queues the lease copies to revoke (leaseRevoked);
+	// tests set noCopyRevokes to leave every copy to the sweep.
+	copyRevokes   chan copyRevoke
+	noCopyRevokes atomic.Bool
+	wg            sync.WaitGroup
 }
 
 // group is this host's member of one consensus group: a whole
@@ -223,7 +228,8 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 		}
 	}
 	h := &Host{cfg: cfg, log: cfg.Logger.With("host", cfg.Name), mux: mux, m: initial, initial: initial, live: lv, removed: map[uint64]bool{},
-		gs: map[uint64]*group{}, remotes: map[string]*grpc.ClientConn{}, stopc: make(chan struct{}), failc: make(chan struct{})}
+		gs: map[uint64]*group{}, remotes: map[string]*grpc.ClientConn{}, stopc: make(chan struct{}), failc: make(chan struct{}),
+		copyRevokes: make(chan copyRevoke, copyRevokeQueue)}
 	if !cfg.SyncPerGroup {
 		h.fs = vfs.NewSharedSync()
 	}
@@ -249,10 +255,14 @@ func Start(ctx context.Context, cfg Config) (*Host, error) {
 	pb.RegisterClusterServer(h.grpc, &clusterRouter{r: r})
 	pb.RegisterMaintenanceServer(h.grpc, &maintenanceRouter{r: r})
 	registerShardService(h.grpc, h)
-	h.wg.Add(3)
+	h.wg.Add(4 + copyRevokers)
 	go func() { defer h.wg.Done(); h.live.run(tick, h.stopc) }()
 	go func() { defer h.wg.Done(); _ = h.grpc.Serve(cfg.ClientListener) }()
 	go func() { defer h.wg.Done(); h.keepMap() }()
+	go func() { defer h.wg.Done(); h.sweepCopies() }()
+	for range copyRevokers {
+		go func() { defer h.wg.Done(); h.copyRevoker() }()
+	}
 	h.log.Info("host serving", "client", cfg.ClientListener.Addr().String(), "peer", cfg.PeerListener.Addr().String(),
 		"shards", len(initial.Shards))
 	return h, nil
@@ -554,7 +564,7 @@ func (h *Host) keepMap() {
 		if refreshed {
 			// Each chore has its own deadline: one stuck behind a fault
 			// must not starve the others.
-			for _, chore := range []func(context.Context){h.reconcile, h.balance, h.autoSplit, h.sweepDrains, h.hintLeaders, h.sweepTxns, h.sweepLeaseCopies} {
+			for _, chore := range []func(context.Context){h.reconcile, h.balance, h.autoSplit, h.sweepDrains, h.hintLeaders, h.sweepTxns} {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				chore(ctx)
 				cancel()
@@ -617,32 +627,120 @@ func (h *Host) refreshMap(ctx context.Context) error {
 }
 
 // leaseRevoked: shard sid revoked a lease homed in it; this host, if it
-// leads sid, revokes the copies in the shards split from sid at once (the
-// sweep below catches what this misses).
+// leads sid, queues the revocation of the copies in the shards split from
+// sid, which copyRevoker does at once (the sweep catches what this misses:
+// a full queue, a host that stops first). It runs on the apply goroutine.
 func (h *Host) leaseRevoked(sid uint64, lease int64) {
-	if uint64(lease)>>48 != sid {
+	if uint64(lease)>>48 != sid || h.noCopyRevokes.Load() {
 		return
 	}
 	g := h.group(sid)
 	if g == nil || uint64(g.srv.Node().Leader()) != h.MemberID() {
 		return
 	}
-	desc := h.Map().Descendants(sid)
-	if len(desc) == 0 {
-		return
+	select {
+	case h.copyRevokes <- copyRevoke{lease: lease, home: sid}:
+	default:
+		h.log.Warn("too many lease copies to revoke at once; the sweep will", "shard", sid, "lease", fmt.Sprintf("%x", lease))
 	}
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		r := &router{h: h}
-		for _, d := range desc {
-			if c, err := r.conn(ctx, d); err == nil {
-				_, _ = pb.NewLeaseClient(c).LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: lease})
+}
+
+// copyRevoke is a lease, revoked in its home shard, whose copies in the
+// shards split from the home are to be revoked.
+type copyRevoke struct {
+	lease int64
+	home  uint64
+}
+
+// copyRevokeQueue bounds the revocations of copies waiting for a worker;
+// copyRevokers is how many run side by side.
+const (
+	copyRevokeQueue = 4096
+	copyRevokers    = 4
+)
+
+// copyRevoker revokes queued lease copies in every shard split from the
+// lease's home, retrying each (a split child may be electing its leader)
+// for up to copyRevokeFor.
+func (h *Host) copyRevoker() {
+	r := &router{h: h}
+	for {
+		var c copyRevoke
+		select {
+		case <-h.stopc:
+			return
+		case c = <-h.copyRevokes:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), copyRevokeFor)
+		for _, sid := range h.splitFrom(ctx, c.home) {
+			for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+				if cc, err := r.conn(ctx, sid); err == nil {
+					_, err = pb.NewLeaseClient(cc).LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: c.lease})
+					if err == nil || isStatus(err, rpctypes.ErrGRPCLeaseNotFound) {
+						break
+					}
+				}
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+				case <-h.stopc:
+				case <-t.C:
+				}
+				t.Stop()
+				if ctx.Err() != nil || h.stopping() {
+					break
+				}
 			}
 		}
-	}()
+		cancel()
+	}
+}
+
+// splitFrom returns the shards split from home since it started, directly
+// or not, by the map; if home's member here has applied a split the map
+// does not show yet (the splitter has not recorded it, or this host has
+// not read it), the map is brought up to date first.
+func (h *Host) splitFrom(ctx context.Context, home uint64) []uint64 {
+	if g := h.group(home); g != nil {
+		for _, rec := range g.srv.SplitRecords() {
+			if _, ok := h.Map().ByID(rec.Child); !ok {
+				_ = h.mapStale(ctx)
+				break
+			}
+		}
+	}
+	return h.Map().Descendants(home)
+}
+
+// copyRevokeFor bounds the tries at revoking one lease's copies.
+const copyRevokeFor = 10 * time.Second
+
+// stopping reports whether the host is stopping.
+func (h *Host) stopping() bool {
+	select {
+	case <-h.stopc:
+		return true
+	default:
+		return false
+	}
+}
+
+// sweepCopies runs sweepLeaseCopies every MapRefresh on its own, so that
+// a chore stuck behind a fault in the map keeper's round cannot hold up
+// the keys of an expired lease in a split child.
+func (h *Host) sweepCopies() {
+	t := time.NewTicker(cmp.Or(h.cfg.MapRefresh, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stopc:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		h.sweepLeaseCopies(ctx)
+		cancel()
+	}
 }
 
 // sweepLeaseCopies revokes, in the shards this host leads, the copies of
@@ -661,11 +759,13 @@ func (h *Host) sweepLeaseCopies(ctx context.Context) {
 		if err != nil {
 			continue
 		}
+		copies := map[uint64][]int64{} // home shard → copies of its leases here
 		for _, l := range ls.Leases {
-			home := uint64(l.ID) >> 48
-			if home == g.id {
-				continue
+			if home := uint64(l.ID) >> 48; home != g.id {
+				copies[home] = append(copies[home], l.ID)
 			}
+		}
+		for home, ids := range copies {
 			if _, ok := m.ByID(home); !ok {
 				continue // a map this host has not caught up with yet
 			}
@@ -673,23 +773,24 @@ func (h *Host) sweepLeaseCopies(ctx context.Context) {
 			if err != nil {
 				continue
 			}
-			// A linearizable read first: the member answering must have
-			// applied everything committed (a lagging one might not know
-			// the lease yet), then it is asked for the lease.
-			hs, _ := m.ByID(home)
-			key := hs.Start
-			if len(key) == 0 {
-				key = []byte{0}
-			}
-			if _, err := pb.NewKVClient(c).Range(ctx, &pb.RangeRequest{Key: key, CountOnly: true}); err != nil {
+			// One linearizable list of the home's leases (the member
+			// answering has applied everything committed, so it knows
+			// every lease) answers for every copy.
+			at, err := pb.NewLeaseClient(c).LeaseLeases(ctx, &pb.LeaseLeasesRequest{})
+			if err != nil {
 				continue
 			}
-			ttl, err := pb.NewLeaseClient(c).LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: l.ID})
-			if err != nil || ttl.TTL != -1 {
-				continue
+			alive := make(map[int64]bool, len(at.Leases))
+			for _, l := range at.Leases {
+				alive[l.ID] = true
 			}
-			if _, err := pb.NewLeaseClient(g.conn).LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: l.ID}); err == nil {
-				h.log.Info("revoked a lease copy its home no longer has", "shard", g.id, "lease", fmt.Sprintf("%x", l.ID))
+			for _, id := range ids {
+				if alive[id] {
+					continue
+				}
+				if _, err := pb.NewLeaseClient(g.conn).LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: id}); err == nil {
+					h.log.Info("revoked a lease copy its home no longer has", "shard", g.id, "lease", fmt.Sprintf("%x", id))
+				}
 			}
 		}
 	}

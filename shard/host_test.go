@@ -413,6 +413,60 @@ func TestLeaseThroughHostBehindOnSplits(t *testing.T) {
 	}
 }
 
+// TestSplitLeaseKeysExpire: a lease granted before a split keeps a key
+// that the split moved to the child; when the lease expires at its home,
+// the key in the child goes too, within a second or two — through the
+// home's host at once (the map keeper's sweep never runs here: its period
+// is an hour), and, where that path is skipped, through the sweep alone.
+func TestSplitLeaseKeysExpire(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		refresh time.Duration
+		sweep   bool
+	}{
+		{"at once", time.Hour, false},
+		{"by the sweep", 200 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := shardtest.NewWith(t, 3, 2, func(cfg *shard.Config) { cfg.MapRefresh = tc.refresh })
+			c.WaitLeaders(20 * time.Second)
+			ctx := ctxT(t)
+			names := c.Names()
+			if tc.sweep {
+				for _, name := range names {
+					c.Host(name).LeaveCopiesToSweepForTest()
+				}
+			}
+			cli := c.Client(names[0])
+			id := clientv3.LeaseID(1<<48 | 11)
+			if _, err := pb.NewLeaseClient(cli.ActiveConnection()).LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: int64(id), TTL: 2}); err != nil {
+				t.Fatal(err)
+			}
+			granted := time.Now()
+			if _, err := cli.Put(ctx, "lease/a", "1", clientv3.WithLease(id)); err != nil {
+				t.Fatal(err)
+			}
+			m, err := c.Host(names[0]).Split(ctx, 1, []byte("lease/"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if child := m.Lookup([]byte("lease/a")).ID; child == 1 {
+				t.Fatalf("split did not move lease/a out of shard 1: %v", m)
+			}
+			waitFor(t, 15*time.Second, "the key of the expired lease in the split child to go", func() bool {
+				r, err := cli.Get(ctx, "lease/a")
+				return err == nil && r.Count == 0
+			})
+			// Due 2 s after the grant (a leader change could add a TTL):
+			// a second or two later at most, not a sweep round stuck
+			// behind other chores.
+			if took := time.Since(granted); took < 2*time.Second-100*time.Millisecond || took > 5*time.Second {
+				t.Fatalf("the key went %v after the grant of a 2 s lease", took)
+			}
+		})
+	}
+}
+
 // TestBalanceSettles: with more hosts than replicas, each host keeps only
 // some shards, yet the hosts agree on who leads how many (through the
 // meta group's leader hints) and the balancer stops handing leaderships
