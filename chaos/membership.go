@@ -84,9 +84,9 @@ func removedAfterAll(ctx context.Context, cli *clientv3.Client, member string, e
 	}
 }
 
-// memberCallTimeout bounds one try of a membership change: a change
-// proposed to a leader that then loses its leadership may be lost, and the
-// caller learns it only from its deadline.
+// memberCallTimeout bounds one try of a membership change (a change
+// proposed to a leader that then loses its leadership is answered
+// "outcome unknown" when the leadership goes; this bounds everything else).
 const memberCallTimeout = 5 * time.Second
 
 // errTally counts the errors of a retried call by message, so that a
@@ -124,8 +124,7 @@ func promoteWhenReady(ctx context.Context, cli *clientv3.Client, id uint64) erro
 	for {
 		// Refusals (not caught up yet, a change still pending, no leader
 		// under a fault) are retried until ctx ends; so is a try whose
-		// change was lost with a leader (it waits out its own deadline,
-		// as an etcd client's request does).
+		// change was lost with a leader (answered "request timed out").
 		actx, cancel := context.WithTimeout(ctx, memberCallTimeout)
 		_, err := cli.MemberPromote(actx, id)
 		cancel()

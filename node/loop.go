@@ -728,6 +728,28 @@ func (l *loop) refreshStatus() {
 		}
 		n.statusN.notify()
 	}
+	if oldRole == consensus.Leader && (st.Role != consensus.Leader || oldTerm != st.Epoch) {
+		l.confLeadershipLost(oldTerm)
+	}
+}
+
+// confLeadershipLost settles the membership changes this node proposed as
+// leader of term, now lost, with ErrOutcomeUnknown at once: whether a
+// change reached the log before the leadership went is unknown (a Raft
+// successor may still commit it; a Multi-Paxos proposer that had not yet
+// given it a slot drops it), and its caller, who decides whether to try
+// again, should not learn that only from its own deadline.
+func (l *loop) confLeadershipLost(term uint64) {
+	n := l.n
+	var lost []uint64
+	n.props.each(func(p *proposal) {
+		if p.kind == propConf && p.state.Load() == propProposed {
+			lost = append(lost, p.seq)
+		}
+	})
+	for _, seq := range lost {
+		n.props.settle(seq, result{err: fmt.Errorf("%w: leadership of term %d lost before the membership change was known to commit", ErrOutcomeUnknown, term)})
+	}
 }
 
 // handOffTarget picks the voter most up to date with this leader, or None.

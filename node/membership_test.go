@@ -180,3 +180,32 @@ func TestSnapshotCatchUp(t *testing.T) {
 	c.waitConverged(len(acked))
 	c.checkExactlyOnce(acked)
 }
+
+// TestConfChangeSettledWhenLeadershipLost: a membership change proposed to
+// a leader that loses its leadership before the change commits is
+// answered "outcome unknown" as soon as the leadership goes, on either
+// engine, not left to its caller's deadline (the chaos rig's member
+// nemesis waited out whole deadlines on Multi-Paxos for this).
+func TestConfChangeSettledWhenLeadershipLost(t *testing.T) {
+	for _, kind := range []EngineKind{EngineRaft, EnginePaxos} {
+		t.Run(string(kind), func(t *testing.T) {
+			c := newCluster(t, 3, false, func(cfg *Config) { cfg.EngineKind = kind })
+			lead := c.leader()
+			for _, n := range c.running() {
+				if n.id != lead.id {
+					c.crash(n.id, false)
+				}
+			}
+			addr := c.addPeer(4)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			err := lead.AddLearner(ctx, 4, addr)
+			if !errors.Is(err, ErrOutcomeUnknown) {
+				t.Fatalf("add learner without a quorum: %v, want ErrOutcomeUnknown", err)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("answered only at the caller's deadline: %v", err)
+			}
+		})
+	}
+}
