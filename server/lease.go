@@ -141,11 +141,13 @@ func (l *lessor) check() {
 		l.ttl[id] = ttl
 		d, ok := l.deadline[id]
 		if fresh || !ok {
-			left := ttl
+			d = now.Add(time.Duration(ttl) * time.Second)
 			if rem, err := l.s.store.LeaseCheckpointedTTL(id); err == nil && rem > 0 && rem < ttl && fresh {
-				left = rem // handed over with this much left
+				// Handed over with rem seconds left; an election timeout
+				// more, as etcd's Promote extends, for the keep-alives the
+				// handover held back to reach this leader.
+				d = now.Add(time.Duration(rem)*time.Second + l.electionTimeout())
 			}
-			d = now.Add(time.Duration(left) * time.Second)
 			if f, ok := l.floor[id]; ok && f.After(d) {
 				d = f
 			}
@@ -282,9 +284,11 @@ const checkpointBatch = 1000
 
 // handOverMax is how long a handover may hold renewals back: two election
 // timeouts, past which an engine has abandoned the transfer.
-func (l *lessor) handOverMax() time.Duration {
+func (l *lessor) handOverMax() time.Duration { return 2 * l.electionTimeout() }
+
+func (l *lessor) electionTimeout() time.Duration {
 	tick := cmp.Or(l.s.cfg.TickInterval, 100*time.Millisecond)
-	return 2 * time.Duration(cmp.Or(l.s.cfg.ElectionTicks, 10)) * tick
+	return time.Duration(cmp.Or(l.s.cfg.ElectionTicks, 10)) * tick
 }
 
 // renewed is called by the apply goroutine for a renewal through the log
