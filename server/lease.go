@@ -30,15 +30,15 @@ import (
 // which moves the deadline; a LeaseCheckpoint entry with no remaining time
 // is a renewal through the log and moves it when the leader applies it.
 //
-// A member that becomes leader (and has applied everything committed
-// before its term) gives every lease a fresh full TTL before it may expire
-// any, as etcd does, so a crash of the leader never expires a lease that
-// was being kept alive. A leader that hands leadership away on purpose
-// (MoveLeader, a shard host's balancer, a graceful stop) does better:
-// handOver records each lease's remaining time in the log first, and the
-// next leader starts from that instead of a full TTL, so moving leadership
-// around does not keep abandoned leases alive longer (etcd's lease
-// checkpoints, taken at the one moment they matter). Safety: from the
+// A member that becomes leader gives every lease a fresh full TTL before
+// it may expire any, as etcd does, so a crash of the leader never expires
+// a lease that was being kept alive. A leader that hands leadership away
+// on purpose (MoveLeader, a shard host's balancer, a graceful stop) does
+// better: handOver records each lease's remaining time in the log first,
+// and the next leader, once it has applied everything committed before
+// its term (takeHandOver), shortens the full TTLs to that, so moving
+// leadership around does not keep abandoned leases alive longer (etcd's
+// lease checkpoints, taken at the one moment they matter). Safety: from the
 // moment the remaining times are read until the handover ends, this member
 // renews nothing; afterwards, renewing a lease whose recorded remaining
 // time is set first clears it through the log, so a successor never
@@ -106,24 +106,15 @@ func (l *lessor) check() {
 		return
 	}
 	term := n.Term()
-	l.mu.Lock()
-	fresh := l.leaderFor != term
-	l.mu.Unlock()
-	if fresh {
-		// Taking up a term: first apply everything committed before it,
-		// so that the remaining times a handover recorded, and the
-		// renewals through the log since, are all known here.
-		ctx, cancel := context.WithTimeout(context.Background(), l.s.requestTimeout())
-		ok := l.s.confirmLeader(ctx, term)
-		cancel()
-		if !ok {
-			return // not (or no longer) leading term: try again next round
-		}
-	}
 	now := time.Now()
 	ids := l.s.store.Leases()
 	l.mu.Lock()
+	fresh := l.leaderFor != term
 	l.leaderFor = term
+	var given map[int64]time.Time // the deadlines taking up term gave
+	if fresh {
+		given = make(map[int64]time.Time, len(ids))
+	}
 	live := make(map[int64]bool, len(ids))
 	var expired []int64
 	for _, id := range ids {
@@ -142,16 +133,13 @@ func (l *lessor) check() {
 		d, ok := l.deadline[id]
 		if fresh || !ok {
 			d = now.Add(time.Duration(ttl) * time.Second)
-			if rem, err := l.s.store.LeaseCheckpointedTTL(id); err == nil && rem > 0 && rem < ttl && fresh {
-				// Handed over with rem seconds left; an election timeout
-				// more, as etcd's Promote extends, for the keep-alives the
-				// handover held back to reach this leader.
-				d = now.Add(time.Duration(rem)*time.Second + l.electionTimeout())
-			}
 			if f, ok := l.floor[id]; ok && f.After(d) {
 				d = f
 			}
 			l.deadline[id] = d
+			if fresh {
+				given[id] = d
+			}
 			continue
 		}
 		if l.s.cfg.Unsafe.LeaseEarlyExpiry {
@@ -169,6 +157,10 @@ func (l *lessor) check() {
 		}
 	}
 	l.mu.Unlock()
+	if fresh && len(given) > 0 {
+		l.s.wg.Add(1)
+		go func() { defer l.s.wg.Done(); l.takeHandOver(term, now, given) }()
+	}
 	// Revoke the expired leases side by side (at most revokeParallel at a
 	// time): one revocation held up by a slow round must not delay every
 	// other lease past its deadline.
@@ -198,6 +190,46 @@ func (l *lessor) check() {
 		}()
 	}
 	wg.Wait()
+}
+
+// takeHandOver shortens, after taking up term at start, the deadlines of
+// the leases a handover recorded a remaining time for: to start + that
+// time + an election timeout (as etcd's Promote extends, for the
+// keep-alives the handover held back to reach this leader). It first
+// applies everything committed before term (a quorum-confirmed read
+// barrier), so the store holds every record and every clearing since;
+// a lease renewed since start (its deadline no longer the one given) is
+// left alone. Taking up itself does not wait for this: a new leader that
+// is still catching up must not hold every expiry back meanwhile.
+func (l *lessor) takeHandOver(term uint64, start time.Time, given map[int64]time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.s.requestTimeout())
+	defer cancel()
+	for !l.s.confirmLeader(ctx, term) {
+		if ctx.Err() != nil || l.s.node.Term() != term {
+			return // full TTLs stand: safe, only later
+		}
+		t := time.NewTimer(l.electionTimeout() / 4)
+		select {
+		case <-ctx.Done():
+		case <-l.s.stopc:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.leaderFor != term {
+		return
+	}
+	for id, d0 := range given {
+		rem, err := l.s.store.LeaseCheckpointedTTL(id)
+		if err != nil || rem <= 0 || !l.deadline[id].Equal(d0) {
+			continue
+		}
+		if d := start.Add(time.Duration(rem)*time.Second + l.electionTimeout()); d.Before(d0) {
+			l.deadline[id] = d
+		}
+	}
 }
 
 // revokeParallel bounds the revocations the lessor has in flight.

@@ -428,17 +428,20 @@ func TestLeaseHandOver(t *testing.T) {
 	if _, err := cli.MoveLeader(ctx, c.Member(fol).MemberID()); err != nil {
 		t.Fatalf("MoveLeader: %v", err)
 	}
-	var left time.Duration
 	testutil.Eventually(t, 10*time.Second, func() bool {
-		var ok bool
-		left, ok = server.LeaseLeft(c.Member(fol), int64(g.ID))
+		_, ok := server.LeaseLeft(c.Member(fol), int64(g.ID))
 		return ok
 	}, "the new leader never took up its term")
-	// Handed over with at most 4 s left (rounded up to the second), plus
-	// an election timeout (100 ms here): a full TTL would be 6 s.
-	if left > 4*time.Second+100*time.Millisecond {
-		t.Fatalf("the new leader gave the lease %v, more than the 4 s it had left", left)
-	}
+	// Taking up gives a full TTL (6 s) at once; within a second (a read
+	// barrier here) the new leader shortens it to what the handover
+	// recorded: at most 4 s (rounded up to the second) plus an election
+	// timeout (100 ms here). Without the handover it stays above 5 s for
+	// that second.
+	var left time.Duration
+	testutil.Eventually(t, time.Second, func() bool {
+		left, _ = server.LeaseLeft(c.Member(fol), int64(g.ID))
+		return left <= 4*time.Second+100*time.Millisecond
+	}, "the new leader did not shorten the lease to the 4 s it had left")
 	for _, name := range c.Names() {
 		if rem := server.LeaseCheckpointed(c.Member(name), int64(g.ID)); rem < 1 || rem > 4 {
 			t.Fatalf("%s recorded %d s left for the lease, want 1..4", name, rem)
