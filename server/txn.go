@@ -340,6 +340,14 @@ func (s *Server) applyTxnCall(op byte, body []byte) ([]byte, error) {
 	case internalDecide, internalExpire:
 		r, ok := s.txn.records[id]
 		if !ok {
+			if len(c.Record.Anchor) > 0 && !s.owns(c.Record.Anchor, nil) {
+				// Asked of a shard that does not hold the anchor (the
+				// asker's map predates a split): not knowing the record
+				// here says nothing about it. Answering "aborted" let a
+				// pusher release a committed transaction's locks as
+				// aborted.
+				return nil, ErrGRPCWrongShard
+			}
 			// Never begun here, or forgotten after it was decided and
 			// resolved everywhere: either way it will never commit.
 			return json.Marshal(TxnRecord{ID: id, State: TxnAborted})

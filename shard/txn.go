@@ -364,6 +364,13 @@ func (h *Host) decide(ctx context.Context, shard uint64, rec server.TxnRecord, s
 		if err == nil {
 			return r, nil
 		}
+		if server.IsWrongShard(err) {
+			// The record was begun in that shard, which no longer holds
+			// the anchor: it split since, which it does only without
+			// transaction state, so the record was aborted by a pusher
+			// and forgotten (only this coordinator commits it).
+			return server.TxnRecord{ID: rec.ID, State: server.TxnAborted}, nil
+		}
 		if ctx.Err() != nil {
 			return r, err
 		}
@@ -403,15 +410,28 @@ func (h *Host) finish(ctx context.Context, final server.TxnRecord, parts []uint6
 // the transaction is decided, resolves the part where the lock is. It
 // reports whether the holder is finished there.
 func (h *Host) push(ctx context.Context, l server.TxnLock) (bool, error) {
-	anchorShard := h.Map().Lookup(l.Anchor).ID
-	r, err := h.record(ctx, anchorShard, 'A', server.TxnCall{Record: server.TxnRecord{ID: l.ID}, Now: time.Now().UnixNano()})
-	if err != nil {
-		return false, err
+	var r server.TxnRecord
+	for try := 0; ; try++ {
+		// The record lives in the shard that holds the anchor; a shard
+		// that does not (this host's map predates a split) says so, and
+		// the map is read again.
+		anchorShard := h.Map().Lookup(l.Anchor).ID
+		var err error
+		r, err = h.record(ctx, anchorShard, 'A', server.TxnCall{Record: server.TxnRecord{ID: l.ID, Anchor: l.Anchor}, Now: time.Now().UnixNano()})
+		if err == nil {
+			break
+		}
+		if !server.IsWrongShard(err) || try == 4 {
+			return false, err
+		}
+		if err := h.mapStale(ctx); err != nil {
+			return false, err
+		}
 	}
 	if r.State == server.TxnPending {
 		return false, nil
 	}
-	_, err = h.txnCall(ctx, l.Shard, 'R', server.TxnCall{Record: r, Commit: r.State == server.TxnCommitted, Succeeded: r.Succeeded})
+	_, err := h.txnCall(ctx, l.Shard, 'R', server.TxnCall{Record: r, Commit: r.State == server.TxnCommitted, Succeeded: r.Succeeded})
 	return err == nil, err
 }
 

@@ -568,3 +568,61 @@ func TestDrainRefusesNewTransactions(t *testing.T) {
 		t.Fatalf("after the orphaned drain: %v", err)
 	}
 }
+
+// TestPushThroughStaleMap: a host whose map predates a split pushes a
+// committed transaction whose coordinator died. The record lives in the
+// split's child; the shard the stale map names does not know it and must
+// not answer "aborted" (a chaos run's bank reader saw a transfer half
+// applied: the pusher released the committed transfer's lock in one
+// shard as aborted). The pusher is told "wrong shard", reads the map
+// again, finds the record committed and finishes the transaction.
+func TestPushThroughStaleMap(t *testing.T) {
+	var failAt atomic.Value
+	failAt.Store("")
+	c := shardtest.NewWith(t, 3, 2, func(cfg *shard.Config) {
+		cfg.MapRefresh = time.Hour // h2's map stays as the test leaves it
+		cfg.TxnFailpoint = func(step string) bool {
+			if failAt.Load().(string) == step {
+				failAt.Store("")
+				return true
+			}
+			return false
+		}
+	})
+	c.WaitLeaders(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	old := c.Host("h2").Map()
+	m, err := c.Host("h1").Split(ctx, 1, []byte("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := "c/anchor", keyIn(2, 2, "other")
+	if m.Lookup([]byte(a)).ID == 1 || m.Lookup([]byte(b)).ID != 2 {
+		t.Fatalf("keys not where the test wants them: %v", m)
+	}
+	if _, err := c.Client("h1").Txn(ctx).Then(clientv3.OpPut(a, "old"), clientv3.OpPut(b, "old")).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// Committed, then the coordinator dies before resolving: both parts
+	// hold their write locks, and the record (in the child) says committed.
+	failAt.Store("after-decide")
+	if _, err := c.Client("h1").Txn(ctx).Then(clientv3.OpPut(a, "new"), clientv3.OpPut(b, "new")).Commit(); err == nil {
+		t.Fatal("the failpoint did not stop the coordinator")
+	}
+	c.Host("h2").SetStaleMapForTest(old)
+	if _, ok := c.Host("h2").Map().ByID(m.Lookup([]byte(a)).ID); ok {
+		t.Fatal("the stale map knows the child")
+	}
+	r, err := c.Client("h2").Get(ctx, b)
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("read through the host with a stale map: %v %v", r, err)
+	}
+	if got := string(r.Kvs[0].Value); got != "new" {
+		t.Fatalf("read %q of a committed transaction's key, want new (its lock was released as aborted)", got)
+	}
+	ra, err := c.Client("h3").Get(ctx, a)
+	if err != nil || len(ra.Kvs) != 1 || string(ra.Kvs[0].Value) != "new" {
+		t.Fatalf("the anchor's key: %v %v, want new", ra, err)
+	}
+}
