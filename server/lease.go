@@ -1,7 +1,6 @@
 package server
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -50,30 +49,19 @@ type lessor struct {
 	deadline  map[int64]time.Time
 	ttl       map[int64]int64 // granted TTL in seconds
 	leaderFor uint64          // the term in which this member last became leader; 0 if not leader
-	// floor holds, per lease, the deadline promised by keep-alives this
-	// member acknowledged as leader before it took up its term (check):
-	// taking up never sets an earlier one.
-	floor map[int64]time.Time
 	// handing is non-nil while a handover holds renewals back; it is
 	// closed when the handover ends.
 	handing chan struct{}
 }
 
 func newLessor(s *Server) *lessor {
-	return &lessor{s: s, deadline: map[int64]time.Time{}, ttl: map[int64]int64{}, floor: map[int64]time.Time{}}
+	return &lessor{s: s, deadline: map[int64]time.Time{}, ttl: map[int64]int64{}}
 }
 
 // minTTL is the shortest lease TTL in seconds: etcd's rule, one and a half
 // election timeouts rounded up, so a lease cannot expire during an election.
 func (l *lessor) minTTL() int64 {
-	tick := l.s.cfg.TickInterval
-	if tick == 0 {
-		tick = 100 * time.Millisecond
-	}
-	et := l.s.cfg.ElectionTicks
-	if et == 0 {
-		et = 10
-	}
+	tick, et := l.s.ticks()
 	d := time.Duration(3*et/2) * tick
 	return int64(math.Ceil(d.Seconds()))
 }
@@ -101,14 +89,16 @@ func (l *lessor) check() {
 	if n.Role() != consensus.Leader || n.Leader() != n.ID() {
 		l.mu.Lock()
 		l.leaderFor = 0
-		clear(l.floor)
 		l.mu.Unlock()
 		return
 	}
 	term := n.Term()
-	now := time.Now()
 	ids := l.s.store.Leases()
 	l.mu.Lock()
+	// Read under the lock: a keep-alive acknowledged before taking up
+	// (renew, below) was then acknowledged before now, so the full TTL
+	// from now covers its promise.
+	now := time.Now()
 	fresh := l.leaderFor != term
 	l.leaderFor = term
 	var given map[int64]time.Time // the deadlines taking up term gave
@@ -133,9 +123,6 @@ func (l *lessor) check() {
 		d, ok := l.deadline[id]
 		if fresh || !ok {
 			d = now.Add(time.Duration(ttl) * time.Second)
-			if f, ok := l.floor[id]; ok && f.After(d) {
-				d = f
-			}
 			l.deadline[id] = d
 			if fresh {
 				given[id] = d
@@ -149,7 +136,6 @@ func (l *lessor) check() {
 			expired = append(expired, id)
 		}
 	}
-	clear(l.floor)
 	for id := range l.deadline {
 		if !live[id] {
 			delete(l.deadline, id)
@@ -240,25 +226,24 @@ const revokeParallel = 32
 // is being revoked and must not be renewed (etcd answers "not found"
 // then), and wait, non-nil, while a handover holds renewals back: the
 // caller waits for it to close and tries again. Before the lessor has
-// taken up leadership of term (check), the promise is kept as a floor for
-// the deadline that taking up sets.
+// taken up leadership of term (check), renewing needs nothing: taking up
+// gives every lease a full TTL from a later moment (and a lease whose
+// handed-over time is recorded was cleared through the log first, so
+// takeHandOver leaves it at that).
 func (l *lessor) renew(id, ttl int64, term uint64) (expired bool, wait <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.handing != nil {
 		return false, l.handing
 	}
-	until := time.Now().Add(time.Duration(ttl) * time.Second)
 	if l.leaderFor != term {
-		if f, ok := l.floor[id]; !ok || until.After(f) {
-			l.floor[id] = until
-		}
-		return false, nil
+		return false, nil // taking up gives every lease a full TTL from a later moment
 	}
-	if d, ok := l.deadline[id]; ok && time.Now().After(d) {
+	now := time.Now()
+	if d, ok := l.deadline[id]; ok && now.After(d) {
 		return true, nil
 	}
-	l.deadline[id] = until
+	l.deadline[id] = now.Add(time.Duration(ttl) * time.Second)
 	return false, nil
 }
 
@@ -301,14 +286,20 @@ func (l *lessor) handOver(ctx context.Context) (release func(), err error) {
 	for len(cps) > 0 {
 		batch := cps[:min(len(cps), checkpointBatch)]
 		cps = cps[len(batch):]
-		_, err := l.s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: batch}},
-			func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
-		if err != nil {
+		if err := l.s.proposeCheckpoint(ctx, term, batch); err != nil {
 			release()
 			return func() {}, fmt.Errorf("server: recording the leases' remaining time: %w", err)
 		}
 	}
 	return release, nil
+}
+
+// proposeCheckpoint appends a LeaseCheckpoint entry as the leader of term
+// (only that leader may: never forwarded) and waits for it to apply.
+func (s *Server) proposeCheckpoint(ctx context.Context, term uint64, cps []*pb.LeaseCheckpoint) error {
+	_, err := s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: cps}},
+		func(ctx context.Context, cmd []byte) ([]byte, error) { return s.node.ProposeAsLeader(ctx, term, cmd) })
+	return err
 }
 
 // checkpointBatch bounds the leases one LeaseCheckpoint entry carries.
@@ -319,8 +310,8 @@ const checkpointBatch = 1000
 func (l *lessor) handOverMax() time.Duration { return 2 * l.electionTimeout() }
 
 func (l *lessor) electionTimeout() time.Duration {
-	tick := cmp.Or(l.s.cfg.TickInterval, 100*time.Millisecond)
-	return time.Duration(cmp.Or(l.s.cfg.ElectionTicks, 10)) * tick
+	tick, et := l.s.ticks()
+	return time.Duration(et) * tick
 }
 
 // renewed is called by the apply goroutine for a renewal through the log
@@ -460,9 +451,7 @@ func (ls *leaseServer) keepAliveOnce(ctx context.Context, id int64) (int64, erro
 				// A handover recorded this lease's remaining time: clear
 				// it through the log first, or a later leader would start
 				// from a figure older than this renewal.
-				_, err := s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{
-					Checkpoints: []*pb.LeaseCheckpoint{{ID: id}}}},
-					func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
+				err := s.proposeCheckpoint(ctx, term, []*pb.LeaseCheckpoint{{ID: id}})
 				if err != nil && !errors.Is(err, rpctypes.ErrGRPCNoLeader) {
 					return 0, err
 				}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -438,15 +439,14 @@ func (s *Server) proposeWith(ctx context.Context, r *pb.InternalRaftRequest, pro
 // requestTimeout bounds a request that has no deadline of its own, as
 // etcd's request timeout does.
 func (s *Server) requestTimeout() time.Duration {
-	tick := s.cfg.TickInterval
-	if tick == 0 {
-		tick = 100 * time.Millisecond
-	}
-	et := s.cfg.ElectionTicks
-	if et == 0 {
-		et = 10
-	}
+	tick, et := s.ticks()
 	return 5*time.Second + 2*time.Duration(et)*tick
+}
+
+// ticks returns the tick interval and the election timeout in ticks, with
+// their defaults.
+func (s *Server) ticks() (time.Duration, int) {
+	return cmp.Or(s.cfg.TickInterval, 100*time.Millisecond), cmp.Or(s.cfg.ElectionTicks, 10)
 }
 
 func (s *Server) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
