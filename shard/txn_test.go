@@ -270,6 +270,20 @@ func sleepFor(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// failOnce returns the step a coordinator is to stop at (none at first;
+// the test stores one) and the failpoint that stops it there once.
+func failOnce() (*atomic.Value, func(step string) bool) {
+	var at atomic.Value
+	at.Store("")
+	return &at, func(step string) bool {
+		if at.Load().(string) == step {
+			at.Store("")
+			return true
+		}
+		return false
+	}
+}
+
 // TestTxnCrashAtEveryStep stops a transaction's coordinator after each
 // step of the protocol, as if it crashed there, and checks that readers
 // on other hosts never block for good and always see all of it or none of
@@ -279,17 +293,10 @@ func TestTxnCrashAtEveryStep(t *testing.T) {
 	old := shard.TxnTimeout
 	shard.TxnTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { shard.TxnTimeout = old })
-	var failAt atomic.Value // the step to stop at, once
-	failAt.Store("")
+	failAt, failpoint := failOnce()
 	c := shardtest.NewWith(t, 3, 4, func(cfg *shard.Config) {
 		cfg.MapRefresh = 100 * time.Millisecond
-		cfg.TxnFailpoint = func(step string) bool {
-			if failAt.Load().(string) == step {
-				failAt.Store("")
-				return true
-			}
-			return false
-		}
+		cfg.TxnFailpoint = failpoint
 	})
 	c.WaitLeaders(20 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -577,17 +584,10 @@ func TestDrainRefusesNewTransactions(t *testing.T) {
 // shard as aborted). The pusher is told "wrong shard", reads the map
 // again, finds the record committed and finishes the transaction.
 func TestPushThroughStaleMap(t *testing.T) {
-	var failAt atomic.Value
-	failAt.Store("")
+	failAt, failpoint := failOnce()
 	c := shardtest.NewWith(t, 3, 2, func(cfg *shard.Config) {
 		cfg.MapRefresh = time.Hour // h2's map stays as the test leaves it
-		cfg.TxnFailpoint = func(step string) bool {
-			if failAt.Load().(string) == step {
-				failAt.Store("")
-				return true
-			}
-			return false
-		}
+		cfg.TxnFailpoint = failpoint
 	})
 	c.WaitLeaders(20 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
