@@ -52,6 +52,13 @@ type lessor struct {
 	// handing is non-nil while a handover holds renewals back; it is
 	// closed when the handover ends.
 	handing chan struct{}
+	// revoking holds the leases whose revocation is in flight, proposed
+	// as leader of revokeTerm (at most revokeParallel); revokeStop
+	// cancels their waits when that leadership ends.
+	revoking   map[int64]bool
+	revokeTerm uint64
+	revokeCtx  context.Context
+	revokeStop context.CancelFunc
 }
 
 func newLessor(s *Server) *lessor {
@@ -66,10 +73,15 @@ func (l *lessor) minTTL() int64 {
 	return int64(math.Ceil(d.Seconds()))
 }
 
-// run checks for expired leases twice a second while this member leads.
+// run checks for expired leases ten times a second while this member leads.
 func (l *lessor) run() {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
+	defer func() {
+		l.mu.Lock()
+		l.endRevokes()
+		l.mu.Unlock()
+	}()
 	for {
 		select {
 		case <-l.s.stopc:
@@ -89,6 +101,7 @@ func (l *lessor) check() {
 	if n.Role() != consensus.Leader || n.Leader() != n.ID() {
 		l.mu.Lock()
 		l.leaderFor = 0
+		l.endRevokes()
 		l.mu.Unlock()
 		return
 	}
@@ -147,26 +160,58 @@ func (l *lessor) check() {
 		l.s.wg.Add(1)
 		go func() { defer l.s.wg.Done(); l.takeHandOver(term, now, given) }()
 	}
-	// Revoke the expired leases side by side (at most revokeParallel at a
-	// time): one revocation held up by a slow round must not delay every
-	// other lease past its deadline.
-	sem := make(chan struct{}, revokeParallel)
-	var wg sync.WaitGroup
+	l.revoke(term, expired)
+}
+
+// revoke proposes the revocation of the expired leases as the leader of
+// term, side by side and without waiting for them: a revocation held up
+// by a slow round (or one proposed just before this member lost the term,
+// whose entry may never commit) must delay neither the other leases nor
+// the next check, which must take up a new term at once. At most
+// revokeParallel are in flight; the rest wait for a later check. Only the
+// leader of term may revoke on its own clock: a revocation it decided
+// before a pause must not be forwarded to (and committed by) the leader
+// that replaced it meanwhile (etcd-io/etcd#15247).
+func (l *lessor) revoke(term uint64, expired []int64) {
+	if len(expired) == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.leaderFor != term {
+		return
+	}
+	if l.revokeTerm != term {
+		l.endRevokes()
+		l.revokeTerm = term
+	}
+	if l.revokeStop == nil {
+		l.revokeCtx, l.revokeStop = context.WithCancel(context.Background())
+		l.revoking = map[int64]bool{}
+	}
+	parent := l.revokeCtx
 	for _, id := range expired {
-		sem <- struct{}{}
-		wg.Add(1)
+		if len(l.revoking) >= revokeParallel {
+			return
+		}
+		if l.revoking[id] {
+			continue
+		}
+		l.revoking[id] = true
+		revoking := l.revoking
+		ctx, cancel := context.WithTimeout(parent, l.s.requestTimeout())
+		l.s.wg.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
-			// Only the leader of this term may revoke on its own clock: a
-			// revocation it decided before a pause must not be forwarded
-			// to (and committed by) the leader that replaced it meanwhile
-			// (etcd-io/etcd#15247).
-			ctx, cancel := context.WithTimeout(context.Background(), l.s.requestTimeout())
+			defer l.s.wg.Done()
 			defer cancel()
+			n := l.s.node
 			_, err := l.s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}},
 				func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
+			l.mu.Lock()
+			delete(revoking, id)
+			l.mu.Unlock()
 			switch {
-			case errors.Is(err, rpctypes.ErrGRPCNoLeader):
+			case errors.Is(err, rpctypes.ErrGRPCNoLeader), parent.Err() != nil:
 				// No longer the leader of term: the next leader decides.
 			case err != nil && !errors.Is(err, rpctypes.ErrGRPCLeaseNotFound):
 				l.s.log.Warn("revoking an expired lease failed; will retry", "lease", id, "err", err)
@@ -175,7 +220,18 @@ func (l *lessor) check() {
 			}
 		}()
 	}
-	wg.Wait()
+}
+
+// endRevokes stops waiting for the revocations proposed in the term this
+// member led: their entries commit or not without it, and the next leader
+// (maybe this member again, in a later term) revokes afresh whatever is
+// left. l.mu is held.
+func (l *lessor) endRevokes() {
+	if l.revokeStop == nil {
+		return
+	}
+	l.revokeStop()
+	l.revokeStop, l.revokeCtx, l.revoking, l.revokeTerm = nil, nil, nil, 0
 }
 
 // takeHandOver shortens, after taking up term at start, the deadlines of

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
+	"github.com/ballotdb/ballot/consensus"
 	"github.com/ballotdb/ballot/internal/testutil"
 	"github.com/ballotdb/ballot/server"
 	"github.com/ballotdb/ballot/server/servertest"
@@ -466,4 +467,73 @@ func TestLeaseHandOver(t *testing.T) {
 		}
 		return true
 	}, "the keep-alive did not clear the recorded remaining time on every member")
+}
+
+// TestLeaseTakeUpNotHeldUpByRevocations: a revocation the leader proposed
+// just before it lost its quorum (an entry that never commits) holds up
+// neither the lessor's checks nor its next term: when the member leads
+// again it gives the leases their TTLs at once. A chaos run (containers,
+// a leader paused past its leases' deadlines) found the lessor waiting
+// out such revocations for the whole request timeout, and every lease
+// then expiring that much late.
+func TestLeaseTakeUpNotHeldUpByRevocations(t *testing.T) {
+	if servertest.Engine() != "raft" {
+		t.Skip("relies on Raft's CheckQuorum step-down of a leader cut off from its quorum")
+	}
+	// A 2 s election timeout: the leader keeps its term for that long
+	// after its followers stop, long enough for a lease to expire; the
+	// request timeout (what a stuck revocation waited) is 9 s.
+	c := servertest.New(t, 3, func(cfg *server.Config) {
+		cfg.TickInterval = 100 * time.Millisecond
+		cfg.ElectionTicks = 20
+	})
+	lead := c.Leader()
+	ctx := ctxT(t)
+	cli := c.Client(lead)
+	short, err := cli.Grant(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		left, ok := server.LeaseLeft(c.Member(lead), int64(short.ID))
+		return ok && left < 500*time.Millisecond
+	}, "the short lease never ran down on the leader")
+	var others []string
+	for _, name := range c.Names() {
+		if name != lead {
+			others = append(others, name)
+		}
+	}
+	for _, name := range others {
+		c.Stop(name)
+	}
+	// The short lease expires now, while the leader still holds its term:
+	// it proposes the revocation, which cannot commit; then it steps down.
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return c.Member(lead).Node().Role() != consensus.Leader
+	}, "the leader cut off from its quorum did not step down")
+	for _, name := range others {
+		c.Restart(name)
+	}
+	if now := c.Leader(); now != lead {
+		if _, err := c.Client(now).MoveLeader(ctx, c.Member(lead).MemberID()); err != nil {
+			t.Fatalf("MoveLeader back to %s: %v", lead, err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return c.Member(lead).Node().Role() == consensus.Leader
+	}, "%s did not lead again", lead)
+	testutil.Eventually(t, 1500*time.Millisecond, func() bool {
+		_, ok := server.LeaseLeft(c.Member(lead), int64(kept.ID))
+		return ok
+	}, "the new term's lessor did not take up within 1.5 s (held up by the old term's revocation?)")
+	// And the short lease, abandoned, goes within its TTL of taking up.
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		r, err := c.Client(lead).TimeToLive(ctx, short.ID)
+		return err == nil && r.TTL == -1
+	}, "the short lease was not revoked by the new term")
 }
