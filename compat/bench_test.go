@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"github.com/ballotdb/ballot/internal/freeport"
 	"github.com/ballotdb/ballot/server"
 	"github.com/ballotdb/ballot/server/servertest"
 )
@@ -309,15 +309,12 @@ func benchStartEtcd(b *testing.B) []string {
 	return eps
 }
 
-// benchFreeURL returns an http URL on a loopback port the OS chose.
+// benchFreeURL returns an http URL on a free loopback port below the
+// ephemeral range (internal/freeport).
 func benchFreeURL(b *testing.B) url.URL {
 	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Pick("127.0.0.1")
 	if err != nil {
-		b.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
 		b.Fatal(err)
 	}
 	return url.URL{Scheme: "http", Host: addr}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -27,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/ballotdb/ballot/internal/freeport"
 	"github.com/ballotdb/ballot/server/servertest"
 )
 
@@ -79,15 +79,13 @@ func diffEnvInt(t *testing.T, name string, def int) int {
 	return n
 }
 
-// diffFreePort asks the OS for a free loopback port.
+// diffFreePort returns a free loopback address below the ephemeral range
+// (internal/freeport), so no outgoing connection takes it before the
+// process binds it.
 func diffFreePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Pick("127.0.0.1")
 	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return addr

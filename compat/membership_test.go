@@ -3,7 +3,6 @@ package compat
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballotdb/ballot/internal/freeport"
 	"github.com/ballotdb/ballot/server/servertest"
 )
 
@@ -82,12 +82,10 @@ func TestEtcdctlMembership(t *testing.T) {
 	}
 
 	// member add --learner: etcdctl prints the new member's environment.
-	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	peer, err := freeport.Pick("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	peer := pl.Addr().String()
-	pl.Close()
 	out := e.run("", "member", "add", "m4", "--learner", "--peer-urls=http://"+peer)
 	m := regexp.MustCompile(`Member\s+([0-9a-f]+) added as learner to cluster`).FindStringSubmatch(out)
 	if m == nil || !strings.Contains(out, `ETCD_NAME="m4"`) || !strings.Contains(out, `ETCD_INITIAL_CLUSTER_STATE="existing"`) ||

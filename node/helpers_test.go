@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/internal/freeport"
 	"github.com/ballotdb/ballot/internal/testutil"
 	"github.com/ballotdb/ballot/transport"
 	"github.com/ballotdb/ballot/vfs"
@@ -117,12 +117,13 @@ func (c *testCluster) reserve() string {
 	if !c.tcp {
 		return "mem"
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the ephemeral range: a port from it, closed until the node
+	// binds it, can meanwhile become some outgoing connection's local
+	// port (a CI run failed "listen on" that way).
+	addr, err := freeport.Pick("127.0.0.1")
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	return addr
 }
 
@@ -165,16 +166,7 @@ func (c *testCluster) start(id consensus.NodeID, join bool) *Node {
 	c.mu.Unlock()
 	cfg := c.config(id, join, fs)
 	if c.tcp {
-		var ln net.Listener
-		// The port was free a moment ago; another test may grab it in
-		// between, so retry briefly on the same address.
-		addr := cfg.Peers[id]
-		testutil.Eventually(c.t, 5*time.Second, func() bool {
-			var err error
-			ln, err = net.Listen("tcp", addr)
-			return err == nil
-		}, "listen on %s", addr)
-		cfg.Listen = ln
+		cfg.Listen = testutil.Listen(c.t, cfg.Peers[id])
 	}
 	n, err := Start(context.Background(), cfg, sm)
 	if err != nil {

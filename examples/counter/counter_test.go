@@ -8,7 +8,6 @@ import (
 	"go/build"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballotdb/ballot/internal/freeport"
 	"github.com/ballotdb/ballot/internal/testutil"
 )
 
@@ -72,23 +72,18 @@ func counterBinary(t *testing.T) string {
 	return binPath
 }
 
-// freePorts returns n loopback addresses whose ports the OS just handed out.
+// freePorts returns n loopback addresses below the ephemeral range (see
+// internal/freeport), so the processes can bind them, and bind them again
+// after a restart, without an outgoing connection holding one meanwhile.
 func freePorts(t *testing.T, n int) []string {
 	t.Helper()
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
 	var addrs []string
 	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		addr, err := freeport.Pick("127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		lns = append(lns, ln)
-		addrs = append(addrs, ln.Addr().String())
+		addrs = append(addrs, addr)
 	}
 	return addrs
 }

@@ -33,6 +33,19 @@ var (
 // ephemeral range, and not returned before by this process. Where no such
 // port is found it falls back to one the kernel picks.
 func Pick(host string) (string, error) {
+	ln, err := Listen(host)
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// Listen listens on a port Pick would return and keeps the listener, so
+// nothing can take the port between picking and binding; a listener closed
+// later can be bound again on the same address (a member's restart) without
+// an outgoing connection having taken its port meanwhile.
+func Listen(host string) (net.Listener, error) {
 	low := EphemeralLow()
 	for range 100 {
 		port := lowest + rand.IntN(low-lowest)
@@ -47,16 +60,13 @@ func Pick(host string) (string, error) {
 		if err != nil {
 			continue // in use: draw another
 		}
-		addr := ln.Addr().String()
-		ln.Close()
-		return addr, nil
+		return ln, nil
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
-		return "", fmt.Errorf("freeport: %w", err)
+		return nil, fmt.Errorf("freeport: %w", err)
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return ln, nil
 }
 
 // EphemeralLow is the first port of the kernel's ephemeral range (Linux's

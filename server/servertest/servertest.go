@@ -21,6 +21,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ballotdb/ballot/consensus"
+	"github.com/ballotdb/ballot/internal/freeport"
+	"github.com/ballotdb/ballot/internal/testutil"
 	"github.com/ballotdb/ballot/node"
 	"github.com/ballotdb/ballot/server"
 )
@@ -48,7 +50,7 @@ func New(t testing.TB, size int, tweak func(*server.Config)) *Cluster {
 	peers := map[string]net.Listener{}
 	for i := 1; i <= size; i++ {
 		name := fmt.Sprintf("m%d", i)
-		pl, err := net.Listen("tcp", "127.0.0.1:0")
+		pl, err := freeport.Listen("127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,21 +88,9 @@ func (c *Cluster) startWith(name string, pl net.Listener) {
 	initial := maps.Clone(c.initial)
 	join := c.joined[name]
 	c.mu.Unlock()
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var cl net.Listener
-	eventually(c.t, 5*time.Second, func() bool {
-		var err error
-		cl, err = net.Listen("tcp", addr)
-		return err == nil
-	}, "listen on %s", addr)
+	cl := testutil.Listen(c.t, addr)
 	if pl == nil {
-		eventually(c.t, 5*time.Second, func() bool {
-			var err error
-			pl, err = net.Listen("tcp", initial[name])
-			return err == nil
-		}, "listen on %s", initial[name])
+		pl = testutil.Listen(c.t, initial[name])
 	}
 	cfg := server.Config{
 		Name: name, ClusterToken: "test", InitialCluster: initial, Join: join,
@@ -126,7 +116,7 @@ func (c *Cluster) startWith(name string, pl net.Listener) {
 // then starts it empty to join. It returns the new member's ID.
 func (c *Cluster) AddMember(name string, learner bool) uint64 {
 	c.t.Helper()
-	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	pl, err := freeport.Listen("127.0.0.1")
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -194,7 +184,7 @@ func (c *Cluster) StopAll() {
 func (c *Cluster) Leader() string {
 	c.t.Helper()
 	var lead string
-	eventually(c.t, 10*time.Second, func() bool {
+	testutil.Eventually(c.t, 10*time.Second, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		var id consensus.NodeID
@@ -278,20 +268,4 @@ func (c *Cluster) Names() []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// eventually polls cond until it holds or timeout passes, then fails t.
-func eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	poll := time.NewTicker(5 * time.Millisecond)
-	defer poll.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("condition not met within %v: "+msg, append([]any{timeout}, args...)...)
-		case <-poll.C:
-		}
-	}
 }

@@ -21,6 +21,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/ballotdb/ballot/internal/freeport"
+	"github.com/ballotdb/ballot/internal/testutil"
 	"github.com/ballotdb/ballot/node"
 	"github.com/ballotdb/ballot/shard"
 )
@@ -48,7 +50,7 @@ func NewWith(t testing.TB, size, shards int, tweak func(*shard.Config)) *Cluster
 	peers := map[string]net.Listener{}
 	for i := 1; i <= size; i++ {
 		name := fmt.Sprintf("h%d", i)
-		pl, err := net.Listen("tcp", "127.0.0.1:0")
+		pl, err := freeport.Listen("127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -82,21 +84,9 @@ func (c *Cluster) start(name string, pl net.Listener) {
 	addr := c.client[name]
 	initial := maps.Clone(c.initial)
 	c.mu.Unlock()
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var cl net.Listener
-	eventually(c.t, 5*time.Second, func() bool {
-		var err error
-		cl, err = net.Listen("tcp", addr)
-		return err == nil
-	}, "listen on %s", addr)
+	cl := testutil.Listen(c.t, addr)
 	if pl == nil {
-		eventually(c.t, 5*time.Second, func() bool {
-			var err error
-			pl, err = net.Listen("tcp", initial[name])
-			return err == nil
-		}, "listen on %s", initial[name])
+		pl = testutil.Listen(c.t, initial[name])
 	}
 	cfg := shard.Config{
 		Name: name, ClusterToken: "test", InitialCluster: initial, Shards: c.shards, Engine: engine(),
@@ -197,7 +187,7 @@ func (c *Cluster) Client(names ...string) *clientv3.Client {
 // a leader that every running host knows.
 func (c *Cluster) WaitLeaders(timeout time.Duration) {
 	c.t.Helper()
-	eventually(c.t, timeout, func() bool {
+	testutil.Eventually(c.t, timeout, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for name, h := range c.hosts {
@@ -215,17 +205,4 @@ func (c *Cluster) WaitLeaders(timeout time.Duration) {
 		}
 		return true
 	}, "every group has a leader")
-}
-
-func eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: "+msg, args...)
-		}
-		<-tick.C
-	}
 }
