@@ -53,10 +53,9 @@ type lessor struct {
 	// closed when the handover ends.
 	handing chan struct{}
 	// revoking holds the leases whose revocation is in flight, proposed
-	// as leader of revokeTerm (at most revokeParallel); revokeStop
-	// cancels their waits when that leadership ends.
+	// as leader of leaderFor (at most revokeParallel); revokeStop cancels
+	// their waits when that leadership ends.
 	revoking   map[int64]bool
-	revokeTerm uint64
 	revokeCtx  context.Context
 	revokeStop context.CancelFunc
 }
@@ -116,6 +115,7 @@ func (l *lessor) check() {
 	l.leaderFor = term
 	var given map[int64]time.Time // the deadlines taking up term gave
 	if fresh {
+		l.endRevokes() // proposed in an earlier term this member led
 		given = make(map[int64]time.Time, len(ids))
 	}
 	live := make(map[int64]bool, len(ids))
@@ -181,10 +181,6 @@ func (l *lessor) revoke(term uint64, expired []int64) {
 	if l.leaderFor != term {
 		return
 	}
-	if l.revokeTerm != term {
-		l.endRevokes()
-		l.revokeTerm = term
-	}
 	if l.revokeStop == nil {
 		l.revokeCtx, l.revokeStop = context.WithCancel(context.Background())
 		l.revoking = map[int64]bool{}
@@ -204,9 +200,7 @@ func (l *lessor) revoke(term uint64, expired []int64) {
 		go func() {
 			defer l.s.wg.Done()
 			defer cancel()
-			n := l.s.node
-			_, err := l.s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}},
-				func(ctx context.Context, cmd []byte) ([]byte, error) { return n.ProposeAsLeader(ctx, term, cmd) })
+			err := l.s.proposeAsLeader(ctx, term, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}})
 			l.mu.Lock()
 			delete(revoking, id)
 			l.mu.Unlock()
@@ -231,7 +225,7 @@ func (l *lessor) endRevokes() {
 		return
 	}
 	l.revokeStop()
-	l.revokeStop, l.revokeCtx, l.revoking, l.revokeTerm = nil, nil, nil, 0
+	l.revokeStop, l.revokeCtx, l.revoking = nil, nil, nil
 }
 
 // takeHandOver shortens, after taking up term at start, the deadlines of
@@ -342,7 +336,8 @@ func (l *lessor) handOver(ctx context.Context) (release func(), err error) {
 	for len(cps) > 0 {
 		batch := cps[:min(len(cps), checkpointBatch)]
 		cps = cps[len(batch):]
-		if err := l.s.proposeCheckpoint(ctx, term, batch); err != nil {
+		cp := &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: batch}}
+		if err := l.s.proposeAsLeader(ctx, term, cp); err != nil {
 			release()
 			return func() {}, fmt.Errorf("server: recording the leases' remaining time: %w", err)
 		}
@@ -350,10 +345,10 @@ func (l *lessor) handOver(ctx context.Context) (release func(), err error) {
 	return release, nil
 }
 
-// proposeCheckpoint appends a LeaseCheckpoint entry as the leader of term
-// (only that leader may: never forwarded) and waits for it to apply.
-func (s *Server) proposeCheckpoint(ctx context.Context, term uint64, cps []*pb.LeaseCheckpoint) error {
-	_, err := s.proposeWith(ctx, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: cps}},
+// proposeAsLeader proposes r as the leader of term (only that leader may
+// append it: never forwarded) and waits for it to apply.
+func (s *Server) proposeAsLeader(ctx context.Context, term uint64, r *pb.InternalRaftRequest) error {
+	_, err := s.proposeWith(ctx, r,
 		func(ctx context.Context, cmd []byte) ([]byte, error) { return s.node.ProposeAsLeader(ctx, term, cmd) })
 	return err
 }
@@ -507,7 +502,8 @@ func (ls *leaseServer) keepAliveOnce(ctx context.Context, id int64) (int64, erro
 				// A handover recorded this lease's remaining time: clear
 				// it through the log first, or a later leader would start
 				// from a figure older than this renewal.
-				err := s.proposeCheckpoint(ctx, term, []*pb.LeaseCheckpoint{{ID: id}})
+				req := &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: []*pb.LeaseCheckpoint{{ID: id}}}}
+				err := s.proposeAsLeader(ctx, term, req)
 				if err != nil && !errors.Is(err, rpctypes.ErrGRPCNoLeader) {
 					return 0, err
 				}

@@ -422,10 +422,7 @@ func TestLeaseHandOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, func() bool {
-		left, ok := server.LeaseLeft(c.Member(lead), int64(g.ID))
-		return ok && left < 4*time.Second
-	}, "the lease never ran down on the leader")
+	leaseRunsDown(t, c.Member(lead), g.ID, 4*time.Second)
 	if _, err := cli.MoveLeader(ctx, c.Member(fol).MemberID()); err != nil {
 		t.Fatalf("MoveLeader: %v", err)
 	}
@@ -498,10 +495,7 @@ func TestLeaseTakeUpNotHeldUpByRevocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, func() bool {
-		left, ok := server.LeaseLeft(c.Member(lead), int64(short.ID))
-		return ok && left < 500*time.Millisecond
-	}, "the short lease never ran down on the leader")
+	leaseRunsDown(t, c.Member(lead), short.ID, 500*time.Millisecond)
 	var others []string
 	for _, name := range c.Names() {
 		if name != lead {
@@ -536,4 +530,14 @@ func TestLeaseTakeUpNotHeldUpByRevocations(t *testing.T) {
 		r, err := c.Client(lead).TimeToLive(ctx, short.ID)
 		return err == nil && r.TTL == -1
 	}, "the short lease was not revoked by the new term")
+}
+
+// leaseRunsDown waits until the leader s has less than below left on the
+// lease id.
+func leaseRunsDown(t *testing.T, s *server.Server, id clientv3.LeaseID, below time.Duration) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		left, ok := server.LeaseLeft(s, int64(id))
+		return ok && left < below
+	}, "the lease never ran down below %v on the leader", below)
 }
